@@ -1,0 +1,16 @@
+"""keras_rmda: train structured (channel-, filter-, neuron-sparse) networks in Keras 3.
+
+RMDA (Huang & Lee, ICLR 2022) as a Keras optimizer, the groupings it
+regularises (`keras_rmda.groups`) and its proximal regularisers.
+"""
+
+from keras_rmda import groups
+from keras_rmda import prox
+from keras_rmda.optimizers import RMDA
+from keras_rmda.optimizers import ProximalOptimizer
+from keras_rmda.optimizers import proximal_optimizer_of
+from keras_rmda.regularizers import L1
+from keras_rmda.regularizers import GroupLasso
+from keras_rmda.regularizers import NuclearNorm
+
+__version__ = "0.1.0"

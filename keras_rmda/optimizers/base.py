@@ -1,0 +1,303 @@
+"""Plumbing shared by every proximal optimizer of keras_rmda.
+
+`ProximalOptimizer` reads each variable's grouping once, in `build()`, and
+keeps it by variable index (under `tf.distribute` `update_step` receives raw
+`tf.Variable`s without `.constraint`). It folds `weight_decay` into the
+gradient, skips a variable's step when its gradient is not finite, commits
+the new values a subclass's update rule returns, and keeps a per-variable
+fingerprint of the last weights it wrote, so weights changed from outside can
+be noticed. A subclass implements `update_rule` (the rule only).
+"""
+
+import warnings
+
+import keras
+from keras import ops
+
+from keras_rmda import groups as groups_lib
+from keras_rmda import regularizers as regularizers_lib
+
+
+def fingerprint(w):
+    """An exact, order-independent scalar fingerprint of a tensor's bits.
+
+    The int32 sum (wrapping) of the values' bit patterns: identical for
+    identical weights whatever the reduction order (eager, graph, XLA,
+    replica), different after almost any change. Permutations of the
+    weights keep it.
+    """
+    w = ops.convert_to_tensor(w)
+    bits = ops.view(w, _SAME_WIDTH_INT[keras.backend.standardize_dtype(w.dtype)])
+    return ops.sum(ops.cast(bits, "int32"))
+
+
+_SAME_WIDTH_INT = {
+    "float16": "int16",
+    "bfloat16": "int16",
+    "float32": "int32",
+    "float64": "int64",
+}
+
+
+def assign_where(optimizer, predicate, assignments):
+    """Assign `[(variable, value_fn), ...]` only where the scalar predicate holds.
+
+    On TensorFlow this is a `tf.cond`, so the values are computed only when
+    needed; on other backends (stateless JAX) it selects elementwise.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        def commit():
+            for variable, value in assignments():
+                optimizer.assign(variable, value)
+
+        tf.cond(predicate, commit, lambda: None)
+    else:
+        for variable, value in assignments():
+            optimizer.assign(variable, ops.where(predicate, value, variable))
+
+
+def proximal_optimizer_of(model_or_optimizer):
+    """The `ProximalOptimizer` behind a model or a (loss-scale) optimizer."""
+    optimizer = getattr(model_or_optimizer, "optimizer", model_or_optimizer)
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    return optimizer if isinstance(optimizer, ProximalOptimizer) else None
+
+
+class ProximalOptimizer(keras.optimizers.Optimizer):
+    """Base class of optimizers with a proximal step for a regulariser.
+
+    Args:
+        learning_rate: a float ≥ 0, a `LearningRateSchedule`, or a callable.
+        regularizer: a `keras_rmda` regulariser (`GroupLasso`, `L1`,
+            `NuclearNorm`) or None (plain training).
+        groups: `"auto"` (default: the paper's grouping for kernels of
+            default-named convolution and dense layers, see
+            `keras_rmda.groups`) or None (only variables with a declared
+            grouping are regularised). A grouping declared as a variable's
+            constraint always wins.
+        finalize: if True (default), set every variable to its prox point
+            when `fit` ends (`finalize_variable_values`), so the model leaves
+            `fit` with the optimizer's exact structure.
+        weight_decay: coupled L2: `weight_decay · W` is added to the gradient
+            (the smooth term ½·wd·‖W‖² in the loss, like PyTorch SGD's
+            `weight_decay`); `exclude_from_weight_decay` is honoured.
+            Decoupled decay would be undone by dual averaging.
+        use_ema: not supported (an average of iterates loses the exact
+            zeros); True raises ValueError.
+
+    A step whose gradient for a variable holds NaN or Inf leaves that
+    variable and all of its optimizer state unchanged.
+    """
+
+    def __init__(
+        self,
+        learning_rate,
+        regularizer=None,
+        groups="auto",
+        finalize=True,
+        use_ema=False,
+        **kwargs,
+    ):
+        if use_ema:
+            raise ValueError(
+                f"{type(self).__name__} does not support `use_ema=True`: an "
+                "exponential average of the iterates is never exactly zero on "
+                "a group, so it would undo the structure the proximal step "
+                "makes. Received: use_ema=True"
+            )
+        if isinstance(learning_rate, (int, float)) and not learning_rate >= 0:
+            raise ValueError(
+                "`learning_rate` must be >= 0. "
+                f"Received: learning_rate={learning_rate}"
+            )
+        groups_lib.validate_groups_argument(groups)
+        weight_decay = kwargs.get("weight_decay")
+        if weight_decay is not None and not weight_decay >= 0:
+            raise ValueError(
+                f"`weight_decay` must be >= 0. Received: weight_decay={weight_decay}"
+            )
+        if isinstance(learning_rate, int):
+            learning_rate = float(learning_rate)
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.regularizer = regularizers_lib.get(regularizer)
+        self.groups = groups
+        self.finalize = bool(finalize)
+
+    # --- build: groups read once, kept by variable index ---------------------
+
+    def build(self, variables):
+        if self.built:
+            return
+        # Resolve and check every grouping before any state is created.
+        resolved = [self._resolve_groups(v) for v in variables]
+        super().build(variables)
+        self._variable_groups = [r[0] for r in resolved]
+        self._extra_constraints = [r[1] for r in resolved]
+        self._decayed = [
+            self.weight_decay is not None and self._use_weight_decay(v)
+            for v in variables
+        ]
+        self._fingerprints = [
+            self.add_variable((), dtype="int32", name=f"{_slot_name(v)}_fingerprint")
+            for v in variables
+        ]
+        self._warn_about_unclassified_kernels(variables)
+
+    def _resolve_groups(self, variable):
+        name = getattr(variable, "path", variable.name)
+        grouping = groups_lib.grouping_of(variable, self.groups)
+        groups = grouping.resolve(variable.shape, name) if grouping.regularized else None
+        if groups is not None and self.regularizer is not None:
+            self.regularizer.check(variable.shape, groups, name)
+        declared = getattr(variable, "constraint", None)
+        extra = None if isinstance(declared, groups_lib.Grouping) else declared
+        return groups, extra
+
+    def _warn_about_unclassified_kernels(self, variables):
+        if self.regularizer is None or self.groups != "auto":
+            return
+        unclassified = [
+            v.path
+            for v, g in zip(variables, self._variable_groups)
+            if g is None
+            and getattr(v, "constraint", None) is None
+            and groups_lib.looks_like_kernel(v)
+        ]
+        if unclassified:
+            warnings.warn(
+                f"{type(self).__name__}: groups='auto' left these kernels "
+                f"unregularised because their layer type is not certain from "
+                f"the variable alone: {unclassified}. Declare a grouping "
+                "(kernel_constraint=keras_rmda.groups.InputChannels(), ...), "
+                "call keras_rmda.groups.declare_auto(model) before compile, or "
+                "mark them Unregularized() to silence this warning.",
+                stacklevel=3,
+            )
+
+    def groups_of(self, variable):
+        """The resolved `VariableGroups` of a model variable (None: unregularised)."""
+        return self._variable_groups[self._get_variable_index(variable)]
+
+    # --- the regularised proximal map ----------------------------------------
+
+    def regularized(self, index):
+        return self.regularizer is not None and self._variable_groups[index] is not None
+
+    def prox(self, index, z, step_threshold):
+        """prox of `step_threshold · λ·ψ` for variable `index` (identity if unregularised)."""
+        if not self.regularized(index):
+            return z
+        groups = self._variable_groups[index]
+        threshold = ops.cast(step_threshold, z.dtype) * self.regularizer.threshold_scale(groups)
+        return self.regularizer.prox(z, threshold, groups)
+
+    # --- the step: decay, non-finite guard, commit ---------------------------
+
+    def _apply_weight_decay(self, variables):
+        """Weight decay is folded into the gradient in `update_step`."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        index = self._get_variable_index(variable)
+        gradient = ops.cast(ops.convert_to_tensor(gradient), variable.dtype)
+        learning_rate = ops.cast(learning_rate, variable.dtype)
+        if self._decayed[index]:
+            gradient = gradient + ops.cast(self.weight_decay, variable.dtype) * variable
+        # 0·g is 0 for finite g and NaN otherwise: one cheap, overflow-free pass.
+        finite = ops.isfinite(ops.sum(gradient * 0.0))
+        self.before_update(index, variable, finite)
+
+        def assignments():
+            new_weights, slot_updates = self.update_rule(
+                index, variable, gradient, learning_rate
+            )
+            extra = self._extra_constraints[index]
+            if extra is not None:  # applied before the fingerprint is taken
+                new_weights = extra(new_weights)
+            return slot_updates + [
+                (variable, new_weights),
+                (self._fingerprints[index], fingerprint(new_weights)),
+            ]
+
+        assign_where(self, finite, assignments)
+
+    def before_update(self, index, variable, finite):
+        """Hook run before the rule; `finite` says whether the step will happen."""
+
+    def update_rule(self, index, variable, gradient, learning_rate):
+        """One variable's step: `(new weights, [(slot, new value), ...])`.
+
+        Pure: the base assigns the values (or drops them on a non-finite
+        gradient). Slots are read as they are before the step.
+        """
+        raise NotImplementedError
+
+    def changed_from_outside(self, index, variable):
+        """True when `variable` no longer holds the weights this optimizer wrote."""
+        return ops.not_equal(fingerprint(variable), self._fingerprints[index])
+
+    def record_fingerprints(self, variables=None):
+        """Accept the variables' current weights as written by this optimizer."""
+        for variable in variables or self._trainable_variables:
+            index = self._get_variable_index(variable)
+            self._fingerprints[index].assign(fingerprint(variable))
+
+    # --- end of fit ------------------------------------------------------------
+
+    def prox_point(self, variable):
+        """The point whose structure the optimizer guarantees (default: W)."""
+        return ops.convert_to_tensor(variable)
+
+    def finalize_variable_values(self, var_list):
+        """Set every variable to its prox point when `finalize=True`."""
+        if not self.finalize or not self.built:
+            return
+        for variable in var_list:
+            if self._var_key(variable) not in self._trainable_variables_indices:
+                continue
+            variable.assign(self.prox_point(variable))
+        self.record_fingerprints(
+            [v for v in var_list if self._var_key(v) in self._trainable_variables_indices]
+        )
+
+    def penalty(self, variables=None):
+        """λψ summed over `variables` (default: all the optimizer was built on)."""
+        total = ops.convert_to_tensor(0.0)
+        if self.regularizer is None:
+            return total
+        for variable in variables or self._trainable_variables:
+            groups = self.groups_of(variable)
+            total = total + ops.cast(self.regularizer.penalty(variable, groups), "float32")
+        return total
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("use_ema", None)
+        config.pop("ema_momentum", None)
+        config.pop("ema_overwrite_frequency", None)
+        config.update(
+            {
+                "regularizer": (
+                    None
+                    if self.regularizer is None
+                    else keras.saving.serialize_keras_object(self.regularizer)
+                ),
+                "groups": self.groups,
+                "finalize": self.finalize,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        if isinstance(config.get("regularizer"), dict):
+            config["regularizer"] = keras.saving.deserialize_keras_object(
+                config["regularizer"], custom_objects=custom_objects
+            )
+        return super().from_config(config, custom_objects=custom_objects)
+
+
+def _slot_name(variable):
+    return str(getattr(variable, "path", variable.name)).replace("/", "_")

@@ -1,0 +1,147 @@
+"""Stage plumbing shared by the dual-averaging optimizers (RMDA, RAMDA).
+
+Per variable: W⁰ (the stage's starting point), V (the weighted gradient
+sum), t (steps in the stage) and α (the sum of step weights). A new stage
+starts for all variables at `restart()`, and for one variable on its first
+step (t = 0) or when its weights were changed from outside since the
+optimizer last wrote them (`set_weights`, loading weights after build): the
+dual average would otherwise pull them back towards the old W⁰.
+"""
+
+import warnings
+
+import keras
+from keras import ops
+
+from keras_rmda.optimizers import base
+
+
+class DualAveragingOptimizer(base.ProximalOptimizer):
+    """Base class holding momentum c, W⁰, V, t, α, `restart()` and `prox_point`.
+
+    Subclasses implement `dual_prox(index, variable, step, alpha, sums)`: the
+    prox point W̃ from the (possibly just updated) state, and `update_rule`.
+    """
+
+    def __init__(self, learning_rate, momentum, **kwargs):
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        _check_momentum(momentum)
+        if 0.9 <= momentum < 1.0:
+            warnings.warn(
+                f"{type(self).__name__}(momentum={momentum}): here momentum is "
+                "the weight c of the NEW point (0.1 = heavy momentum, 1.0 = "
+                "none), the opposite of keras.optimizers.SGD's convention. "
+                f"{momentum} means almost no momentum; the paper uses 0.1.",
+                stacklevel=3,
+            )
+        # A variable, not a Python float: callbacks change it between steps
+        # and a float would be frozen into the traced train step.
+        with keras.name_scope(self.name, caller=self):
+            self._momentum = keras.Variable(
+                momentum,
+                name="momentum",
+                dtype=keras.backend.floatx(),
+                trainable=False,
+                aggregation="only_first_replica",
+            )
+        self._track_variable(self._momentum)
+
+    @property
+    def momentum(self):
+        """c, the weight of the new point (a variable; assign floats to it)."""
+        return self._momentum
+
+    @momentum.setter
+    def momentum(self, value):
+        value = float(value)
+        _check_momentum(value)
+        self._momentum.assign(value)
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self._initial_points, self._gradient_sums = self.add_optimizer_variables(
+            variables, ["initial_point", "gradient_sum"]
+        )
+        self._steps = [
+            self.add_variable((), name=f"{base._slot_name(v)}_stage_step")
+            for v in variables
+        ]
+        self._alphas = [
+            self.add_variable((), name=f"{base._slot_name(v)}_alpha")
+            for v in variables
+        ]
+
+    # --- stages ----------------------------------------------------------------
+
+    def stage_reset(self, index, variable):
+        """`[(slot, value), ...]` that starts a new stage from the current weights."""
+        return [
+            (self._initial_points[index], ops.convert_to_tensor(variable)),
+            (self._gradient_sums[index], ops.zeros_like(self._gradient_sums[index])),
+            (self._steps[index], ops.zeros(())),
+            (self._alphas[index], ops.zeros(())),
+        ]
+
+    def restart(self):
+        """Start a new stage for every variable: W⁰ ← W, V ← 0, α ← 0, t ← 0.
+
+        Call it eagerly between epochs (the `StageSchedule` callback does);
+        works under a distribution strategy.
+        """
+        if not self.built:
+            return
+        for index, variable in enumerate(self._trainable_variables):
+            for slot, value in self.stage_reset(index, variable):
+                slot.assign(value)
+        self.record_fingerprints()
+
+    def before_update(self, index, variable, finite):
+        fresh = ops.logical_or(
+            ops.equal(self._steps[index], 0.0),
+            self.changed_from_outside(index, variable),
+        )
+        base.assign_where(
+            self,
+            ops.logical_and(finite, fresh),
+            lambda: self.stage_reset(index, variable),
+        )
+
+    def stage_state(self, index):
+        return self._steps[index], self._alphas[index], self._gradient_sums[index]
+
+    # --- the prox point ----------------------------------------------------------
+
+    def dual_prox(self, index, variable, step, alpha, sums):
+        raise NotImplementedError
+
+    def prox_point(self, variable):
+        """W̃ of a model variable, recomputed from the optimizer state.
+
+        Equals W at t = 0 (no step yet in the stage) and when the weights
+        were changed from outside since the last step. Costs no memory.
+        """
+        index = self._get_variable_index(variable)
+        step, alpha, sums = self.stage_state(index)
+        live = ops.logical_and(
+            ops.greater(step, 0.0),
+            ops.logical_not(self.changed_from_outside(index, variable)),
+        )
+        # Guard t = 0 against 0/0: that branch is discarded anyway.
+        safe_step = ops.maximum(step, 1.0)
+        point = self.dual_prox(index, variable, safe_step, alpha, sums)
+        return ops.where(live, point, variable)
+
+    def get_config(self):
+        config = super().get_config()
+        config["momentum"] = float(ops.convert_to_numpy(self._momentum))
+        return config
+
+
+def _check_momentum(momentum):
+    if not isinstance(momentum, (int, float)) or not 0.0 < momentum <= 1.0:
+        raise ValueError(
+            "`momentum` (c, the weight of the new point) must be in (0, 1]. "
+            f"Received: momentum={momentum}"
+        )

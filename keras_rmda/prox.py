@@ -1,0 +1,105 @@
+r"""Pure proximal operators and penalty values.
+
+Every function here is a pure function of tensors written with `keras.ops`,
+so it traces under `tf.function(jit_compile=True)` and runs on every Keras
+backend. For a function ψ and a threshold τ ≥ 0 the proximal operator is
+
+    prox_{τψ}(z) = argmin_x ½‖x − z‖² + τ ψ(x).
+
+The optimizers call these maps with τ = (their step-dependent factor) · λ,
+where λ is the regulariser's strength; see `ALGORITHMS.md`.
+
+This module imports nothing of keras_rmda.
+"""
+
+import math
+
+from keras import ops
+
+
+def group_norms(z, reduce_axes):
+    """Euclidean norm of every group, keeping the reduced axes (size 1).
+
+    A group is one index along each axis *not* in `reduce_axes`; e.g. for a
+    Conv2D kernel `(kh, kw, in, out)` and `reduce_axes=(0, 1, 3)` there is one
+    group per input channel.
+    """
+    return ops.sqrt(ops.sum(ops.square(z), axis=reduce_axes, keepdims=True))
+
+
+def group_lasso_scale(norms, threshold):
+    """The factor `max(0, 1 − threshold / norm)` of the group-LASSO prox.
+
+    Exactly 0 where `norm ≤ threshold`, including `norm = 0` (no 0/0).
+    """
+    safe_norms = ops.where(norms > threshold, norms, ops.ones_like(norms))
+    return ops.where(
+        norms > threshold, 1.0 - threshold / safe_norms, ops.zeros_like(norms)
+    )
+
+
+def prox_group_lasso(z, threshold, reduce_axes):
+    r"""Proximal map of the group LASSO (block soft-thresholding).
+
+    Returns
+
+        argmin_x ½‖x − z‖² + threshold · Σ_g ‖x_g‖₂,
+
+    i.e. `x_g = max(0, 1 − threshold / ‖z_g‖₂) · z_g` for each group `g`, and
+    `x_g = 0` exactly when `‖z_g‖₂ ≤ threshold`. Include the group weight
+    √|g| in `threshold`.
+
+    Args:
+        z: the point, any shape.
+        threshold: a scalar ≥ 0.
+        reduce_axes: the axes a group's norm is taken over (see
+            `group_norms`); `()` makes every entry its own group (= L1).
+    """
+    if not reduce_axes:
+        return prox_l1(z, threshold)
+    return z * group_lasso_scale(group_norms(z, reduce_axes), threshold)
+
+
+def prox_l1(z, threshold):
+    r"""Proximal map of the L1 norm (soft-thresholding).
+
+    Returns `argmin_x ½‖x − z‖² + threshold · ‖x‖₁`
+    `= sign(z) · max(|z| − threshold, 0)`, exactly 0 where `|z| ≤ threshold`.
+    """
+    return ops.sign(z) * ops.maximum(ops.abs(z) - threshold, 0.0)
+
+
+def as_matrix(z):
+    """A kernel `(k…, in, out)` read as the matrix `(prod(k…)·in, out)`."""
+    shape = tuple(z.shape)
+    return ops.reshape(z, (math.prod(shape[:-1]), shape[-1]))
+
+
+def prox_nuclear_norm(z, threshold):
+    r"""Proximal map of the nuclear norm (singular-value soft-thresholding).
+
+    Returns `argmin_x ½‖x − z‖²_F + threshold · Σ_i σ_i(x)`
+    `= U · diag(max(σ − threshold, 0)) · Vᵀ` where `z = U · diag(σ) · Vᵀ`.
+    A kernel of rank > 2 is read as the matrix `(prod(k…)·in, out)`.
+    """
+    shape = tuple(z.shape)
+    u, s, vt = ops.svd(as_matrix(z), full_matrices=False)
+    shrunk = ops.maximum(s - threshold, 0.0)
+    return ops.reshape(ops.matmul(u * shrunk[None, :], vt), shape)
+
+
+def group_lasso_penalty(w, reduce_axes, group_weight):
+    """`group_weight · Σ_g ‖w_g‖₂` (`reduce_axes=()`: the L1 norm)."""
+    if not reduce_axes:
+        return group_weight * l1_penalty(w)
+    return group_weight * ops.sum(group_norms(w, reduce_axes))
+
+
+def l1_penalty(w):
+    """`Σ |w_ij|`."""
+    return ops.sum(ops.abs(w))
+
+
+def nuclear_norm_penalty(w):
+    """`Σ_i σ_i(w)`, with `w` read as a matrix as in `prox_nuclear_norm`."""
+    return ops.sum(ops.svd(as_matrix(w), compute_uv=False))

@@ -1,0 +1,131 @@
+"""Proximal regularisers: λ·ψ with a cheap proximal operator.
+
+These are not `keras.regularizers.Regularizer`s: they add nothing to the loss.
+An optimizer of keras_rmda calls `prox` on the variables its grouping marks as
+regularised, so the zeros it makes are exact. Each regulariser holds λ
+(`strength`) and can report the penalty value λψ(W) of a variable.
+
+    optimizer = keras_rmda.RMDA(regularizer=keras_rmda.GroupLasso(1e-3))
+"""
+
+import keras
+from keras import ops
+
+from keras_rmda import prox
+
+_PACKAGE = "keras_rmda"
+
+
+class ProximalRegularizer:
+    """Base class: λ·ψ(W) and its proximal map, per variable grouping.
+
+    Subclasses implement `prox(z, threshold, groups)` =
+    `argmin_x ½‖x − z‖² + threshold · ψ_groups(x)` and `penalty_value(w,
+    groups)` = ψ_groups(w); `threshold` already includes λ and the
+    grouping's strength (see `threshold_scale`).
+    """
+
+    def __init__(self, strength):
+        if not isinstance(strength, (int, float)) or not strength >= 0:
+            raise ValueError(
+                f"`strength` must be a number >= 0. Received: strength={strength}"
+            )
+        self.strength = float(strength)
+
+    def threshold_scale(self, groups):
+        """λ times the variable's strength multiplier."""
+        return self.strength * groups.strength
+
+    def check(self, shape, groups, name):
+        """Raise ValueError if this regulariser cannot act on the variable."""
+
+    def prox(self, z, threshold, groups):
+        raise NotImplementedError
+
+    def penalty_value(self, w, groups):
+        raise NotImplementedError
+
+    def penalty(self, w, groups):
+        """λψ(W) for one variable (0 for an unregularised one)."""
+        if groups is None:
+            return ops.convert_to_tensor(0.0)
+        return self.threshold_scale(groups) * self.penalty_value(w, groups)
+
+    def get_config(self):
+        return {"strength": self.strength}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.strength!r})"
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class GroupLasso(ProximalRegularizer):
+    r"""Group LASSO: ψ(W) = Σ_g √|g| · ‖W_g‖₂ over the declared groups.
+
+    Zeroes whole groups (channels, units, ...). With `Elementwise` groups it
+    is the L1 norm.
+    """
+
+    def prox(self, z, threshold, groups):
+        return prox.prox_group_lasso(
+            z, threshold * groups.group_weight, groups.reduce_axes
+        )
+
+    def penalty_value(self, w, groups):
+        return prox.group_lasso_penalty(w, groups.reduce_axes, groups.group_weight)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class L1(ProximalRegularizer):
+    r"""L1 (unstructured sparsity): ψ(W) = Σ |W_ij| on every regularised variable.
+
+    The declared groups only decide which variables are regularised.
+    """
+
+    def prox(self, z, threshold, groups):
+        return prox.prox_l1(z, threshold)
+
+    def penalty_value(self, w, groups):
+        return prox.l1_penalty(w)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class NuclearNorm(ProximalRegularizer):
+    r"""Nuclear norm (low rank): ψ(W) = Σ_i σ_i(W) of each regularised kernel.
+
+    A convolution kernel `(k…, in, out)` is read as the matrix
+    `(prod(k…)·in, out)`. Needs an SVD every step: under
+    `jit_compile=True` on CPU XLA's SVD is slow for large kernels (see the
+    README), the non-XLA SVD is fast.
+    """
+
+    def check(self, shape, groups, name):
+        if len(shape) < 2:
+            raise ValueError(
+                f"NuclearNorm needs a variable of rank >= 2; variable '{name}' "
+                f"has shape {tuple(shape)}. Mark it Unregularized()."
+            )
+
+    def prox(self, z, threshold, groups):
+        return prox.prox_nuclear_norm(z, threshold)
+
+    def penalty_value(self, w, groups):
+        return prox.nuclear_norm_penalty(w)
+
+
+def get(identifier):
+    """A regulariser from an instance, a config dict, or None."""
+    if identifier is None or isinstance(identifier, ProximalRegularizer):
+        return identifier
+    if isinstance(identifier, dict):
+        regularizer = keras.saving.deserialize_keras_object(identifier)
+        if isinstance(regularizer, ProximalRegularizer):
+            return regularizer
+    raise ValueError(
+        "`regularizer` must be a keras_rmda regulariser (GroupLasso, L1, "
+        f"NuclearNorm) or None. Received: regularizer={identifier!r}"
+    )
