@@ -1,0 +1,264 @@
+"""RMDA's own guarantees: exact structure, finalisation, outside changes,
+non-finite steps, weight decay, momentum convention, argument checks."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_rmda as kr
+from keras_rmda import groups
+
+rng = np.random.default_rng(3)
+
+
+def _np(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def _variable(shape=(8, 4), grouping=groups.InputUnits(), name="kernel"):
+    v = keras.Variable(rng.normal(size=shape).astype("float32"), name=name)
+    v.constraint = grouping
+    return v
+
+
+def _zero_rows(w):
+    return np.all(w == 0.0, axis=1)
+
+
+@pytest.mark.parametrize("momentum", [0.1, 1.0])
+def test_prox_point_has_exact_zero_groups_from_the_step_they_appear(momentum):
+    v = _variable()
+    optimizer = kr.RMDA(0.1, momentum, regularizer=kr.GroupLasso(1.0))
+    optimizer.build([v])
+    first_zero_step = None
+    for step in range(15):
+        optimizer.apply([_np(v) * 0.5 + 0.3 * rng.normal(size=v.shape).astype("float32")], [v])
+        w_tilde = _np(optimizer.prox_point(v))
+        # Every group is either entirely 0.0 (not 1e-12) or has no zero at all.
+        exact = _zero_rows(w_tilde)
+        assert np.all(exact | np.all(w_tilde != 0.0, axis=1))
+        if exact.any() and first_zero_step is None:
+            first_zero_step = step
+        if momentum == 1.0:
+            np.testing.assert_array_equal(_np(v), w_tilde)  # W = W̃ to the bit
+    assert first_zero_step is not None
+
+
+def _small_model(finalize):
+    model = keras.Sequential([
+        keras.Input((6,)),
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dense(3),
+    ])
+    model.compile(
+        kr.RMDA(0.05, 0.1, regularizer=kr.GroupLasso(1.0), finalize=finalize),
+        "sparse_categorical_crossentropy",
+    )
+    return model
+
+
+def _data(n=128):
+    x = np.random.default_rng(0).normal(size=(n, 6)).astype("float32")
+    return x, (x[:, 0] > 0).astype("int32") + (x[:, 1] > 0)
+
+
+def test_fit_ends_at_the_prox_point_by_default():
+    model = _small_model(finalize=True)
+    model.fit(*_data(), epochs=5, verbose=0)
+    kernel = model.layers[0].kernel
+    np.testing.assert_array_equal(_np(kernel), _np(model.optimizer.prox_point(kernel)))
+    assert _zero_rows(_np(kernel)).any()
+
+
+def test_finalize_false_keeps_the_averaged_iterate():
+    model = _small_model(finalize=False)
+    model.fit(*_data(), epochs=5, verbose=0)
+    kernel = model.layers[0].kernel
+    assert not np.array_equal(_np(kernel), _np(model.optimizer.prox_point(kernel)))
+    assert _zero_rows(_np(model.optimizer.prox_point(kernel))).any()
+
+
+def test_weights_changed_from_outside_start_a_new_stage():
+    v = _variable()
+    optimizer = kr.RMDA(0.1, 0.1, regularizer=kr.GroupLasso(0.05))
+    optimizer.build([v])
+    for _ in range(5):
+        optimizer.apply([rng.normal(size=v.shape).astype("float32")], [v])
+    new_weights = rng.normal(size=v.shape).astype("float32")
+    v.assign(new_weights)  # what set_weights / load_weights do
+    np.testing.assert_array_equal(_np(optimizer.prox_point(v)), new_weights)
+    g = rng.normal(size=v.shape).astype("float32")
+    optimizer.apply([g], [v])
+    # The same as a fresh optimizer's first step from the new weights.
+    fresh_v = _variable()
+    fresh_v.assign(new_weights)
+    fresh = kr.RMDA(0.1, 0.1, regularizer=kr.GroupLasso(0.05))
+    fresh.build([fresh_v])
+    fresh.apply([g], [fresh_v])
+    np.testing.assert_allclose(_np(v), _np(fresh_v), atol=1e-7)
+
+
+@pytest.mark.parametrize("how", ["set_weights", "load_weights"])
+def test_weights_loaded_after_build_are_not_pulled_back(tmp_path, how):
+    model = _small_model(finalize=False)
+    x, y = _data()
+    model.fit(x, y, epochs=2, verbose=0)
+    # Weights from elsewhere: a fresh, uncompiled model (no optimizer state).
+    donor = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16), keras.layers.Dense(3)])
+    if how == "set_weights":
+        model.set_weights(donor.get_weights())
+    else:
+        donor.save_weights(tmp_path / "donor.weights.h5")
+        model.load_weights(tmp_path / "donor.weights.h5")
+    loaded = [_np(w) for w in model.trainable_variables]
+    model.fit(x[:32], y[:32], batch_size=32, epochs=1, verbose=0, shuffle=False)
+    # One step of size c·η·g from the loaded weights; pulled back towards the
+    # old W⁰ the weights would move by the whole difference (order 1).
+    for before, after in zip(loaded, model.trainable_variables):
+        assert np.abs(_np(after) - before).max() < 0.01
+
+
+def test_non_finite_gradient_leaves_variable_and_state_unchanged():
+    a, b = _variable(name="a"), _variable(name="b")
+    optimizer = kr.RMDA(0.1, 0.1, regularizer=kr.GroupLasso(0.05))
+    optimizer.build([a, b])
+    for _ in range(3):
+        optimizer.apply([rng.normal(size=a.shape).astype("float32")] * 2, [a, b])
+    before = {v.path: _np(v).copy() for v in optimizer.variables}
+    a_before, b_before = _np(a).copy(), _np(b).copy()
+    bad = rng.normal(size=a.shape).astype("float32")
+    bad[2, 1] = np.nan
+    optimizer.apply([bad, rng.normal(size=b.shape).astype("float32")], [a, b])
+    np.testing.assert_array_equal(_np(a), a_before)
+    assert not np.array_equal(_np(b), b_before)
+    for v in optimizer.variables:
+        if "_a_" in v.path or v.path.endswith("/a_fingerprint"):
+            np.testing.assert_array_equal(_np(v), before[v.path], err_msg=v.path)
+    bad[2, 1] = np.inf
+    optimizer.apply([bad, bad * 0.0], [a, b])
+    np.testing.assert_array_equal(_np(a), a_before)
+
+
+def test_weight_decay_is_coupled_l2():
+    wd = 0.01
+    v1, v2 = _variable(), _variable()
+    v2.assign(_np(v1))
+    with_decay = kr.RMDA(0.1, 0.1, regularizer=kr.GroupLasso(0.05), weight_decay=wd)
+    by_hand = kr.RMDA(0.1, 0.1, regularizer=kr.GroupLasso(0.05))
+    with_decay.build([v1])
+    by_hand.build([v2])
+    for _ in range(5):
+        g = rng.normal(size=v1.shape).astype("float32")
+        expected_g = g + wd * _np(v2)
+        with_decay.apply([g], [v1])
+        by_hand.apply([expected_g], [v2])
+    np.testing.assert_allclose(_np(v1), _np(v2), atol=1e-6)
+
+
+def test_exclude_from_weight_decay_is_honoured():
+    v1, v2 = _variable(name="bias_like"), _variable(name="bias_like")
+    v2.assign(_np(v1))
+    excluded = kr.RMDA(0.1, weight_decay=0.5)
+    excluded.exclude_from_weight_decay(var_names=["bias_like"])
+    plain = kr.RMDA(0.1)
+    excluded.build([v1])
+    plain.build([v2])
+    g = rng.normal(size=v1.shape).astype("float32")
+    excluded.apply([g], [v1])
+    plain.apply([g], [v2])
+    np.testing.assert_array_equal(_np(v1), _np(v2))
+
+
+def test_momentum_is_a_variable_that_compiled_steps_read():
+    v = _variable()
+    optimizer = kr.RMDA(0.1, 0.1, regularizer=kr.GroupLasso(0.05))
+    optimizer.build([v])
+    step = tf.function(lambda g: optimizer.apply([g], [v]), jit_compile=True)
+    step(rng.normal(size=v.shape).astype("float32"))
+    optimizer.momentum = 1.0  # a callback's change, after tracing
+    assert float(_np(optimizer.momentum)) == 1.0
+    step(rng.normal(size=v.shape).astype("float32"))
+    np.testing.assert_array_equal(_np(v), _np(optimizer.prox_point(v)))
+    assert step.experimental_get_tracing_count() == 1
+
+
+def test_sgd_looking_momentum_warns_and_bad_values_raise():
+    with pytest.warns(UserWarning, match="weight c of the NEW point"):
+        kr.RMDA(momentum=0.9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kr.RMDA(momentum=1.0)
+        kr.RMDA(momentum=0.1)
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match=f"Received: momentum={bad}"):
+            kr.RMDA(momentum=bad)
+    optimizer = kr.RMDA()
+    with pytest.raises(ValueError, match="Received: momentum=2.0"):
+        optimizer.momentum = 2.0
+    assert float(_np(optimizer.momentum)) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"learning_rate": -0.1}, "Received: learning_rate=-0.1"),
+        ({"weight_decay": -1.0}, "Received: weight_decay=-1.0"),
+        ({"use_ema": True}, "use_ema=True"),
+        ({"regularizer": "group_lasso"}, "Received: regularizer='group_lasso'"),
+        ({"groups": "filters"}, "Received: groups='filters'"),
+    ],
+)
+def test_bad_arguments_raise_with_the_received_value(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        kr.RMDA(**kwargs)
+
+
+@pytest.mark.parametrize("cls", [kr.GroupLasso, kr.L1, kr.NuclearNorm])
+def test_negative_strength_raises(cls):
+    with pytest.raises(ValueError, match="Received: strength=-1"):
+        cls(-1)
+
+
+def test_nuclear_norm_on_a_vector_fails_at_build():
+    v = _variable(shape=(5,), grouping=groups.Elementwise(), name="bias")
+    with pytest.raises(ValueError, match="NuclearNorm.*'bias'"):
+        kr.RMDA(regularizer=kr.NuclearNorm(0.1)).build([v])
+
+
+def test_penalty_is_lambda_psi():
+    v = _variable(shape=(3, 2))
+    v.assign(np.array([[3, 4], [0, 0], [1, 0]], "float32"))
+    optimizer = kr.RMDA(regularizer=kr.GroupLasso(0.5))
+    optimizer.build([v])
+    assert float(optimizer.penalty()) == pytest.approx(0.5 * np.sqrt(2) * 6.0)
+
+
+def test_clipping_arguments_clip_the_gradient():
+    v1, v2 = _variable(), _variable()
+    v2.assign(_np(v1))
+    clipped = kr.RMDA(0.1, clipvalue=0.1, regularizer=kr.GroupLasso(0.05))
+    by_hand = kr.RMDA(0.1, regularizer=kr.GroupLasso(0.05))
+    clipped.build([v1])
+    by_hand.build([v2])
+    g = rng.normal(size=v1.shape).astype("float32")
+    clipped.apply([g], [v1])
+    by_hand.apply([np.clip(g, -0.1, 0.1)], [v2])
+    np.testing.assert_array_equal(_np(v1), _np(v2))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"clipnorm": 1.0}, {"global_clipnorm": 1.0}, {"gradient_accumulation_steps": 2},
+     {"loss_scale_factor": 128.0}],
+)
+def test_base_arguments_work_in_fit(kwargs):
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
+    model.compile(kr.RMDA(0.05, regularizer=kr.GroupLasso(1e-3), **kwargs),
+                  "sparse_categorical_crossentropy")
+    history = model.fit(*_data(), batch_size=32, epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    steps = 4 * 2 // kwargs.get("gradient_accumulation_steps", 1)
+    assert int(_np(model.optimizer.iterations)) == steps
