@@ -55,7 +55,7 @@ def _small_model(finalize):
     ])
     model.compile(
         kr.RMDA(0.05, 0.1, regularizer=kr.GroupLasso(1.0), finalize=finalize),
-        "sparse_categorical_crossentropy",
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     return model
 
@@ -257,7 +257,7 @@ def test_clipping_arguments_clip_the_gradient():
 def test_base_arguments_work_in_fit(kwargs):
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
     model.compile(kr.RMDA(0.05, regularizer=kr.GroupLasso(1e-3), **kwargs),
-                  "sparse_categorical_crossentropy")
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     history = model.fit(*_data(), batch_size=32, epochs=2, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
     steps = 4 * 2 // kwargs.get("gradient_accumulation_steps", 1)

@@ -1,0 +1,62 @@
+"""The optimizers every shared contract test runs on, and their test problem.
+
+A new optimizer joins the shared suite (tests/test_optimizer_contract.py)
+by adding one entry to OPTIMIZERS.
+"""
+
+import keras
+import numpy as np
+
+import keras_rmda as kr
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+class Case:
+    """How to make one optimizer for the shared suite.
+
+    `trains`: a λ with which `fit` on the test problem clearly learns;
+    `sparsifies`: a λ with which whole groups are zero within the test's
+    few dozen steps.
+    """
+
+    def __init__(self, make, trains, sparsifies):
+        self.make, self.trains, self.sparsifies = make, trains, sparsifies
+
+    def __call__(self, strength=None, **overrides):
+        return self.make(kr.GroupLasso(self.trains if strength is None else strength), **overrides)
+
+
+OPTIMIZERS = {
+    "rmda": Case(
+        lambda reg, **kw: kr.RMDA(**{"learning_rate": 0.3, "momentum": 0.1, "regularizer": reg, **kw}),
+        trains=4e-3,
+        sparsifies=2e-2,
+    ),
+}
+
+
+def small_cnn(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((8, 8, 5)),
+        keras.layers.Conv2D(6, 3, activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(8, 3, activation="relu"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(12, activation="relu"),
+        keras.layers.Dense(3),
+    ])
+
+
+def data(n=256, seed=0):
+    """Class k: channel k is brightest in the top-left patch; channels 3-4 are noise."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 8, 8, 5)).astype("float32")
+    y = np.argmax(x[:, :4, :4, :3].mean(axis=(1, 2)), axis=1).astype("int32")
+    return x, y
+
+
+def compile_model(model, optimizer, jit_compile=False):
+    model.compile(optimizer, LOSS, jit_compile=jit_compile)
+    return model
