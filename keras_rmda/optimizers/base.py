@@ -176,6 +176,10 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
                 stacklevel=3,
             )
 
+    def tracks(self, variable):
+        """True if the optimizer was built on this model variable."""
+        return self.built and self._var_key(variable) in self._trainable_variables_indices
+
     def groups_of(self, variable):
         """The resolved `VariableGroups` of a model variable (None: unregularised)."""
         return self._variable_groups[self._get_variable_index(variable)]
@@ -253,13 +257,10 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         """Set every variable to its prox point when `finalize=True`."""
         if not self.finalize or not self.built:
             return
-        for variable in var_list:
-            if self._var_key(variable) not in self._trainable_variables_indices:
-                continue
+        tracked = [v for v in var_list if self.tracks(v)]
+        for variable in tracked:
             variable.assign(self.prox_point(variable))
-        self.record_fingerprints(
-            [v for v in var_list if self._var_key(v) in self._trainable_variables_indices]
-        )
+        self.record_fingerprints(tracked)
 
     def penalty(self, variables=None):
         """λψ summed over `variables` (default: all the optimizer was built on)."""

@@ -44,7 +44,6 @@ class DualAveragingOptimizer(base.ProximalOptimizer):
                 trainable=False,
                 aggregation="only_first_replica",
             )
-        self._track_variable(self._momentum)
 
     @property
     def momentum(self):

@@ -1,0 +1,173 @@
+"""Make structured sparsity physical: a smaller model with the same outputs.
+
+    slim_model = keras_rmda.slim(model)
+
+A channel is removed when no layer reads it: every convolution / dense
+consumer has an all-zero input group for it (through BatchNormalization,
+elementwise activations, dropout, pooling, Flatten, residual Add and
+Concatenate). It goes from its producers (kernel slice and bias), from the
+normalisation layers on the way and from the consumers' kernels. Layers
+slim does not know stop the removal at their boundary: the channels
+flowing into and out of them are kept. See `keras_rmda._channel_graph`.
+"""
+
+import keras
+import numpy as np
+
+from keras_rmda import _channel_graph
+from keras_rmda import structure
+
+
+def slim(model, check=True, rtol=1e-4):
+    """A new, physically smaller Keras model computing the same function.
+
+    Weights are read at the optimizer's prox point when `model` has a built
+    keras_rmda optimizer (the point whose zeros the optimizer guarantees),
+    else from its variables. The result is a plain Functional Keras model
+    (same layer names, no keras_rmda constraints, not compiled) that loads
+    without keras_rmda installed.
+
+    Args:
+        model: a built Sequential or Functional model. Each layer must be
+            called once in it (nested models count as one layer each and are
+            copied unchanged).
+        check: compare the slim model's outputs with the original's (at the
+            same weights) on random inputs before returning.
+        rtol: tolerance of the check: `max|slim − original| <= rtol ·
+            max|original|` for every output.
+
+    Returns:
+        The slim `keras.Model`.
+
+    Raises:
+        ValueError: the model has no symbolic graph, or shares a layer.
+        RuntimeError: the check failed (a bug: please report it).
+    """
+    values = structure.weight_values(model, use_prox_point=True)
+    plan = _channel_graph.plan_channels(model, lambda v: values[id(v)])
+    slim_model = _rebuild(model, plan, values)
+    if check:
+        _check_same_outputs(model, slim_model, values, rtol)
+    return slim_model
+
+
+def _rebuild(model, plan, values):
+    input_names = {
+        id(layer.output): layer.name
+        for layer in model.layers
+        if isinstance(layer, keras.layers.InputLayer)
+    }
+    new_tensor = {}
+    new_inputs = []
+    for tensor in plan.inputs:
+        x = keras.Input(
+            batch_shape=tuple(tensor.shape),
+            dtype=tensor.dtype,
+            name=input_names.get(id(tensor)),
+        )
+        new_tensor[id(tensor)] = x
+        new_inputs.append(x)
+    for layer, kind in plan.steps:
+        config, weights = _slimmed_config_and_weights(layer, kind, plan, values)
+        try:
+            new_layer = type(layer).from_config(config)
+        except Exception as error:
+            raise ValueError(
+                f"slim could not re-create layer '{layer.name}' "
+                f"({type(layer).__name__}) from its config: {error}"
+            ) from error
+        outputs = new_layer(keras.tree.map_structure(lambda t: new_tensor[id(t)], layer.input))
+        new_layer.set_weights(weights)
+        for old, new in zip(keras.tree.flatten(layer.output), keras.tree.flatten(outputs)):
+            if new.shape[-1] != plan.keep(old).sum():  # guards the plan's bookkeeping
+                raise RuntimeError(
+                    f"slim: layer '{layer.name}' gives {new.shape[-1]} channels, "
+                    f"expected {plan.keep(old).sum()}."
+                )
+            new_tensor[id(old)] = new
+    outputs = [new_tensor[id(t)] for t in plan.outputs]
+    return keras.Model(
+        new_inputs[0] if len(new_inputs) == 1 else new_inputs,
+        outputs[0] if len(outputs) == 1 else outputs,
+        name=model.name,
+    )
+
+
+def _slimmed_config_and_weights(layer, kind, plan, values):
+    config = _without_keras_rmda_constraints(layer.get_config())
+    weights = [values[id(w)] for w in layer.weights]
+    if kind == "producer":
+        kept_in, kept_out = plan.kept_in(layer), plan.kept_out(layer)
+        config["units" if isinstance(layer, keras.layers.Dense) else "filters"] = int(
+            kept_out.sum()
+        )
+        kernel = weights[0][..., kept_in, :][..., kept_out]
+        weights = [kernel] + [bias[kept_out] for bias in weights[1:]]
+    elif kind == "normalization":
+        kept = plan.kept_out(layer)
+        weights = [w[kept] for w in weights]
+    return config, weights
+
+
+def _without_keras_rmda_constraints(config):
+    """A copy of a (nested) layer config with keras_rmda constraints set to None."""
+    if isinstance(config, dict):
+        return {
+            key: None
+            if key.endswith("constraint") and _is_keras_rmda_object(value)
+            else _without_keras_rmda_constraints(value)
+            for key, value in config.items()
+        }
+    if isinstance(config, (list, tuple)):
+        return type(config)(_without_keras_rmda_constraints(v) for v in config)
+    return config
+
+
+def _is_keras_rmda_object(serialized):
+    if not isinstance(serialized, dict):
+        return False
+    module = str(serialized.get("module") or "")
+    registered = str(serialized.get("registered_name") or "")
+    return module.split(".")[0] == "keras_rmda" or registered.startswith("keras_rmda>")
+
+
+def random_inputs(model, batch_size=4, seed=0):
+    """Random arrays matching `model.inputs` (unknown dimensions become 8)."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for tensor in model.inputs:
+        shape = tuple(batch_size if i == 0 and d is None else d or 8
+                      for i, d in enumerate(tensor.shape))
+        if "int" in str(tensor.dtype):
+            arrays.append(rng.integers(0, 2, size=shape).astype(tensor.dtype))
+        else:
+            arrays.append(rng.standard_normal(shape).astype(tensor.dtype))
+    return arrays[0] if len(arrays) == 1 else arrays
+
+
+def _check_same_outputs(model, slim_model, values, rtol):
+    x = random_inputs(model)
+    # The original is evaluated at the weights slim used (its prox point):
+    # swap them in for one call, then restore the exact bits.
+    swapped = []
+    for variable in model.weights:
+        current = keras.ops.convert_to_numpy(variable)
+        if not np.array_equal(current, values[id(variable)]):
+            swapped.append((variable, current))
+            variable.assign(values[id(variable)])
+    try:
+        expected = keras.tree.flatten(model(x, training=False))
+    finally:
+        for variable, current in swapped:
+            variable.assign(current)
+    got = keras.tree.flatten(slim_model(x, training=False))
+    for index, (want, have) in enumerate(zip(expected, got)):
+        want, have = keras.ops.convert_to_numpy(want), keras.ops.convert_to_numpy(have)
+        error = float(np.max(np.abs(want - have))) if want.size else 0.0
+        scale = float(np.max(np.abs(want))) if want.size else 0.0
+        if want.shape != have.shape or not error <= rtol * max(scale, 1e-12):
+            raise RuntimeError(
+                f"slim changed output {index} of model '{model.name}': max abs "
+                f"error {error:.3g} vs max |output| {scale:.3g} (rtol={rtol}). "
+                "This is a bug in keras_rmda.slim; please report it."
+            )
