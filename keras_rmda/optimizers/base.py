@@ -5,10 +5,11 @@ keeps it by variable index (under `tf.distribute` `update_step` receives raw
 `tf.Variable`s without `.constraint`). It folds `weight_decay` into the
 gradient, skips a variable's step when its gradient is not finite, commits
 the new values a subclass's update rule returns, and keeps a per-variable
-fingerprint of the last weights it wrote, so weights changed from outside can
-be noticed. A subclass implements `update_rule` (the rule only).
+fingerprint (a small sample) of the last weights it wrote, so weights changed
+from outside can be noticed. A subclass implements `update_rule` (the rule only).
 """
 
+import math
 import warnings
 
 import keras
@@ -18,44 +19,55 @@ from keras_rmda import groups as groups_lib
 from keras_rmda import regularizers as regularizers_lib
 
 
+# At most this many weights make a variable's fingerprint: enough to see any
+# write that replaces the tensor (set_weights, load_weights), at no
+# measurable cost.
+FINGERPRINT_SAMPLES = 4096
+
+# Two fingerprints of the same weights may differ by rounding: XLA may
+# compute the value it stores and the value it fingerprints in different
+# fused loops (with and without FMA), off by an ulp of the *operands*, which
+# is relative to the tensor's scale, not to a cancelled result near zero.
+# A real change is far larger.
+FINGERPRINT_RTOL = 1e-5
+
+
 def fingerprint(w):
-    """An exact, order-independent scalar fingerprint of a tensor's bits.
+    """An evenly strided sample of at most `FINGERPRINT_SAMPLES` weights.
 
-    The int32 sum (wrapping) of the values' bit patterns: identical for
-    identical weights whatever the reduction order (eager, graph, XLA,
-    replica), different after almost any change. Permutations of the
-    weights keep it.
+    All weights of a smaller tensor. Compared with `fingerprints_differ`, it
+    notices any write that touches a sampled weight by more than rounding,
+    which replacing the tensor always does; a change confined to unsampled
+    weights of a large tensor goes unnoticed.
     """
-    w = ops.convert_to_tensor(w)
-    bits = ops.view(w, _SAME_WIDTH_INT[keras.backend.standardize_dtype(w.dtype)])
-    return ops.sum(ops.cast(bits, "int32"))
+    w = ops.reshape(ops.convert_to_tensor(w), (-1,))
+    stride = -(-int(w.shape[0]) // FINGERPRINT_SAMPLES)
+    return w[::stride] if stride > 1 else w
 
 
-_SAME_WIDTH_INT = {
-    "float16": "int16",
-    "bfloat16": "int16",
-    "float32": "int32",
-    "float64": "int64",
-}
+def fingerprint_size(shape):
+    size = math.prod(int(d) for d in shape)
+    return len(range(0, size, -(-size // FINGERPRINT_SAMPLES)))
 
 
-def assign_where(optimizer, predicate, assignments):
-    """Assign `[(variable, value_fn), ...]` only where the scalar predicate holds.
+def fingerprints_differ(current, recorded):
+    """True if two fingerprints differ by more than rounding."""
+    tolerance = FINGERPRINT_RTOL * ops.max(ops.abs(recorded))
+    return ops.any(ops.abs(current - recorded) > tolerance)
 
-    On TensorFlow this is a `tf.cond`, so the values are computed only when
-    needed; on other backends (stateless JAX) it selects elementwise.
+
+def _in_xla_context():
+    """True while tracing inside an XLA-compiled TensorFlow function.
+
+    Uses TensorFlow's private `control_flow_util` (the only private API this
+    package relies on); False on other backends.
     """
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util
 
-        def commit():
-            for variable, value in assignments():
-                optimizer.assign(variable, value)
-
-        tf.cond(predicate, commit, lambda: None)
-    else:
-        for variable, value in assignments():
-            optimizer.assign(variable, ops.where(predicate, value, variable))
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 def proximal_optimizer_of(model_or_optimizer):
@@ -140,9 +152,12 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
             for v in variables
         ]
         self._fingerprints = [
-            self.add_variable((), dtype="int32", name=f"{_slot_name(v)}_fingerprint")
+            self.add_variable(
+                (fingerprint_size(v.shape),), dtype=v.dtype, name=f"{_slot_name(v)}_fingerprint"
+            )
             for v in variables
         ]
+        self._fused_updates = {}
         self._warn_about_unclassified_kernels(variables)
 
     def _resolve_groups(self, variable):
@@ -204,30 +219,94 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
 
     def update_step(self, gradient, variable, learning_rate):
         index = self._get_variable_index(variable)
+        if _in_xla_context() or keras.backend.backend() != "tensorflow":
+            # Everything fuses: branch-free selects cost nothing here.
+            self._start_stage_if_due(index, variable, branch_free=True)
+            return self._update_variable(index, gradient, variable, learning_rate)
+        # A plain TensorFlow graph: a rarely taken branch costs nothing, and the
+        # rule runs XLA-compiled so its elementwise chain is one pass over
+        # memory instead of one per op.
+        self._start_stage_if_due(index, variable, branch_free=False)
+        fused = self._fused_update(index)
+        if fused is None:
+            return self._update_variable(index, gradient, variable, learning_rate)
+        fused(gradient, learning_rate)
+        # Out here the fingerprint reads the stored weights (a few thousand of
+        # them); inside, it would keep XLA from fusing the weights' update.
+        self.assign(self._fingerprints[index], fingerprint(variable))
+
+    def _update_variable(self, index, gradient, variable, learning_rate, record_fingerprint=True):
         gradient = ops.cast(ops.convert_to_tensor(gradient), variable.dtype)
         learning_rate = ops.cast(learning_rate, variable.dtype)
         if self._decayed[index]:
             gradient = gradient + ops.cast(self.weight_decay, variable.dtype) * variable
-        # 0·g is 0 for finite g and NaN otherwise: one cheap, overflow-free pass.
-        finite = ops.isfinite(ops.sum(gradient * 0.0))
-        self.before_update(index, variable, finite)
+        new_weights, slot_updates = self.update_rule(index, variable, gradient, learning_rate)
+        extra = self._extra_constraints[index]
+        if extra is not None:  # applied before the fingerprint is taken
+            new_weights = extra(new_weights)
+        finite = ops.all(ops.isfinite(gradient))
+        commits = slot_updates + [(variable, new_weights)]
+        if record_fingerprint:
+            commits.append((self._fingerprints[index], fingerprint(new_weights)))
+        # Selecting on a scalar fuses into the update's single pass under XLA.
+        for target, value in commits:
+            self.assign(target, ops.where(finite, value, target))
 
-        def assignments():
-            new_weights, slot_updates = self.update_rule(
-                index, variable, gradient, learning_rate
+    def _fused_update(self, index):
+        """The variable's update compiled by XLA, with one replica.
+
+        Under a multi-replica strategy the plain update runs: XLA on CPU
+        cannot compile MirroredStrategy steps.
+        """
+        import tensorflow as tf
+
+        if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            return None
+        if index not in self._fused_updates:
+            variable = self._trainable_variables[index]  # one replica: the model's own
+
+            def update(gradient, learning_rate):
+                return self._update_variable(
+                    index, gradient, variable, learning_rate, record_fingerprint=False
+                )
+
+            compiled = tf.function(update, jit_compile=True, autograph=False)
+            # Keras variables are not tensors to tf.function: convert them first.
+            self._fused_updates[index] = lambda gradient, learning_rate: compiled(
+                tf.convert_to_tensor(gradient), tf.convert_to_tensor(learning_rate)
             )
-            extra = self._extra_constraints[index]
-            if extra is not None:  # applied before the fingerprint is taken
-                new_weights = extra(new_weights)
-            return slot_updates + [
-                (variable, new_weights),
-                (self._fingerprints[index], fingerprint(new_weights)),
-            ]
+        return self._fused_updates[index]
 
-        assign_where(self, finite, assignments)
+    # --- stages: state a subclass resets at restart() and when due -------------
 
-    def before_update(self, index, variable, finite):
-        """Hook run before the rule; `finite` says whether the step will happen."""
+    def stage_due(self, index, variable):
+        """Scalar bool: must the variable start a new stage now? (None: no stages)."""
+        return None
+
+    def stage_reset(self, index, variable):
+        """`[(slot, value), ...]` that starts a new stage from the current weights."""
+        return []
+
+    def _start_stage_if_due(self, index, variable, branch_free):
+        """Reset the variable's stage state where `stage_due`.
+
+        A stage that is due starts even if this step's gradient turns out not
+        finite: the state it resets is unused at t = 0 either way.
+        """
+        due = self.stage_due(index, variable)
+        if due is None:
+            return
+        if branch_free:
+            for slot, value in self.stage_reset(index, variable):
+                self.assign(slot, ops.where(due, value, slot))
+            return
+        import tensorflow as tf
+
+        def reset():
+            for slot, value in self.stage_reset(index, variable):
+                self.assign(slot, value)
+
+        tf.cond(due, reset, lambda: None)
 
     def update_rule(self, index, variable, gradient, learning_rate):
         """One variable's step: `(new weights, [(slot, new value), ...])`.
@@ -239,7 +318,7 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
 
     def changed_from_outside(self, index, variable):
         """True when `variable` no longer holds the weights this optimizer wrote."""
-        return ops.not_equal(fingerprint(variable), self._fingerprints[index])
+        return fingerprints_differ(fingerprint(variable), self._fingerprints[index])
 
     def record_fingerprints(self, variables=None):
         """Accept the variables' current weights as written by this optimizer."""

@@ -96,15 +96,11 @@ class DualAveragingOptimizer(base.ProximalOptimizer):
                 slot.assign(value)
         self.record_fingerprints()
 
-    def before_update(self, index, variable, finite):
-        fresh = ops.logical_or(
+    def stage_due(self, index, variable):
+        """On the first step of a stage, or after the weights changed from outside."""
+        return ops.logical_or(
             ops.equal(self._steps[index], 0.0),
             self.changed_from_outside(index, variable),
-        )
-        base.assign_where(
-            self,
-            ops.logical_and(finite, fresh),
-            lambda: self.stage_reset(index, variable),
         )
 
     def stage_state(self, index):

@@ -77,8 +77,9 @@ class RMDA(dual_averaging.DualAveragingOptimizer):
 
     def dual_prox(self, index, variable, step, alpha, sums):
         beta = ops.sqrt(step)
-        dtype = variable.dtype
-        z = self._initial_points[index] - sums / ops.cast(beta, dtype)
+        # Multiply by 1/β, not divide by β: XLA recomputes a cheap product in
+        # each fused loop that needs it instead of storing it in memory.
+        z = self._initial_points[index] - sums * ops.cast(1.0 / beta, variable.dtype)
         return self.prox(index, z, alpha / beta)
 
     def update_rule(self, index, variable, gradient, learning_rate):
