@@ -218,22 +218,31 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         """Weight decay is folded into the gradient in `update_step`."""
 
     def update_step(self, gradient, variable, learning_rate):
+        """One variable's step: under XLA, under a strategy, on other backends."""
         index = self._get_variable_index(variable)
-        if _in_xla_context() or keras.backend.backend() != "tensorflow":
-            # Everything fuses: branch-free selects cost nothing here.
-            self._start_stage_if_due(index, variable, branch_free=True)
-            return self._update_variable(index, gradient, variable, learning_rate)
-        # A plain TensorFlow graph: a rarely taken branch costs nothing, and the
-        # rule runs XLA-compiled so its elementwise chain is one pass over
-        # memory instead of one per op.
-        self._start_stage_if_due(index, variable, branch_free=False)
-        fused = self._fused_update(index)
-        if fused is None:
-            return self._update_variable(index, gradient, variable, learning_rate)
-        fused(gradient, learning_rate)
-        # Out here the fingerprint reads the stored weights (a few thousand of
-        # them); inside, it would keep XLA from fusing the weights' update.
-        self.assign(self._fingerprints[index], fingerprint(variable))
+        # Inside XLA a select fuses into the update's pass while a conditional
+        # would copy the slots through its outputs; in a plain graph a rarely
+        # taken branch costs nothing while a select is one more pass.
+        branch_free = _in_xla_context() or keras.backend.backend() != "tensorflow"
+        self._start_stage_if_due(index, variable, branch_free=branch_free)
+        self._update_variable(index, gradient, variable, learning_rate)
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # Overrides Keras's private `TFOptimizer._backend_update_step`, the one
+        # private Keras hook this package relies on. In a plain TensorFlow graph
+        # with one replica, the rules of all variables run in ONE XLA-compiled
+        # function: each variable's elementwise chain becomes one pass over
+        # memory instead of one pass per op, for a single compilation.
+        if not self._fuse_in_plain_graph():
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        indices = tuple(self._get_variable_index(v) for v in trainable_variables)
+        self._start_stages_if_due(indices)
+        self._fused_rules(indices)(list(grads), learning_rate)
+        for index in indices:
+            # Read from the stored weights out here: inside, fingerprinting the
+            # new weights would keep XLA from fusing their update.
+            variable = self._trainable_variables[index]
+            self.assign(self._fingerprints[index], fingerprint(variable))
 
     def _update_variable(self, index, gradient, variable, learning_rate, record_fingerprint=True):
         gradient = ops.cast(ops.convert_to_tensor(gradient), variable.dtype)
@@ -252,30 +261,32 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         for target, value in commits:
             self.assign(target, ops.where(finite, value, target))
 
-    def _fused_update(self, index):
-        """The variable's update compiled by XLA, with one replica.
-
-        Under a multi-replica strategy the plain update runs: XLA on CPU
-        cannot compile MirroredStrategy steps.
-        """
+    def _fuse_in_plain_graph(self):
+        if keras.backend.backend() != "tensorflow" or _in_xla_context():
+            return False
         import tensorflow as tf
 
-        if tf.distribute.get_strategy().num_replicas_in_sync > 1:
-            return None
-        if index not in self._fused_updates:
-            variable = self._trainable_variables[index]  # one replica: the model's own
+        # XLA on CPU cannot compile MirroredStrategy steps: replicas run plain ops.
+        return tf.distribute.get_strategy().num_replicas_in_sync == 1
 
-            def update(gradient, learning_rate):
-                return self._update_variable(
-                    index, gradient, variable, learning_rate, record_fingerprint=False
-                )
+    def _fused_rules(self, indices):
+        """One XLA-compiled function applying the rules of `indices`."""
+        if indices not in self._fused_updates:
+            import tensorflow as tf
+
+            def update(grads, learning_rate):
+                for index, gradient in zip(indices, grads):
+                    variable = self._trainable_variables[index]  # one replica: the model's
+                    self._update_variable(
+                        index, gradient, variable, learning_rate, record_fingerprint=False
+                    )
 
             compiled = tf.function(update, jit_compile=True, autograph=False)
-            # Keras variables are not tensors to tf.function: convert them first.
-            self._fused_updates[index] = lambda gradient, learning_rate: compiled(
-                tf.convert_to_tensor(gradient), tf.convert_to_tensor(learning_rate)
+            # Keras variables and IndexedSlices are not tensors to tf.function.
+            self._fused_updates[indices] = lambda grads, learning_rate: compiled(
+                [tf.convert_to_tensor(g) for g in grads], tf.convert_to_tensor(learning_rate)
             )
-        return self._fused_updates[index]
+        return self._fused_updates[indices]
 
     # --- stages: state a subclass resets at restart() and when due -------------
 
@@ -286,6 +297,20 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
     def stage_reset(self, index, variable):
         """`[(slot, value), ...]` that starts a new stage from the current weights."""
         return []
+
+    def _start_stages_if_due(self, indices):
+        """`_start_stage_if_due` for many variables behind one rarely taken branch."""
+        import tensorflow as tf
+
+        dues = [self.stage_due(i, self._trainable_variables[i]) for i in indices]
+        if not indices or dues[0] is None:
+            return
+
+        def reset_due():
+            for index in indices:
+                self._start_stage_if_due(index, self._trainable_variables[index], True)
+
+        tf.cond(ops.any(ops.stack(dues)), reset_due, lambda: None)
 
     def _start_stage_if_due(self, index, variable, branch_free):
         """Reset the variable's stage state where `stage_due`.
