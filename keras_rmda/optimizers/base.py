@@ -9,7 +9,6 @@ fingerprint (a small sample) of the last weights it wrote, so weights changed
 from outside can be noticed. A subclass implements `update_rule` (the rule only).
 """
 
-import math
 import warnings
 
 import keras
@@ -17,43 +16,9 @@ from keras import ops
 
 from keras_rmda import groups as groups_lib
 from keras_rmda import regularizers as regularizers_lib
-
-
-# At most this many weights make a variable's fingerprint: enough to see any
-# write that replaces the tensor (set_weights, load_weights), at no
-# measurable cost.
-FINGERPRINT_SAMPLES = 4096
-
-# Two fingerprints of the same weights may differ by rounding: XLA may
-# compute the value it stores and the value it fingerprints in different
-# fused loops (with and without FMA), off by an ulp of the *operands*, which
-# is relative to the tensor's scale, not to a cancelled result near zero.
-# A real change is far larger.
-FINGERPRINT_RTOL = 1e-5
-
-
-def fingerprint(w):
-    """An evenly strided sample of at most `FINGERPRINT_SAMPLES` weights.
-
-    All weights of a smaller tensor. Compared with `fingerprints_differ`, it
-    notices any write that touches a sampled weight by more than rounding,
-    which replacing the tensor always does; a change confined to unsampled
-    weights of a large tensor goes unnoticed.
-    """
-    w = ops.reshape(ops.convert_to_tensor(w), (-1,))
-    stride = -(-int(w.shape[0]) // FINGERPRINT_SAMPLES)
-    return w[::stride] if stride > 1 else w
-
-
-def fingerprint_size(shape):
-    size = math.prod(int(d) for d in shape)
-    return len(range(0, size, -(-size // FINGERPRINT_SAMPLES)))
-
-
-def fingerprints_differ(current, recorded):
-    """True if two fingerprints differ by more than rounding."""
-    tolerance = FINGERPRINT_RTOL * ops.max(ops.abs(recorded))
-    return ops.any(ops.abs(current - recorded) > tolerance)
+from keras_rmda.optimizers.fingerprint import fingerprint
+from keras_rmda.optimizers.fingerprint import fingerprint_size
+from keras_rmda.optimizers.fingerprint import fingerprints_differ
 
 
 def _in_xla_context():

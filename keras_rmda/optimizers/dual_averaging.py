@@ -8,15 +8,13 @@ optimizer last wrote them (`set_weights`, loading weights after build): the
 dual average would otherwise pull them back towards the old W⁰.
 """
 
-import warnings
-
-import keras
 from keras import ops
 
 from keras_rmda.optimizers import base
+from keras_rmda.optimizers.momentum import NewPointMomentum
 
 
-class DualAveragingOptimizer(base.ProximalOptimizer):
+class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
     """Base class holding momentum c, W⁰, V, t, α, `restart()` and `prox_point`.
 
     Subclasses implement `dual_prox(index, variable, step, alpha, sums)`: the
@@ -25,36 +23,7 @@ class DualAveragingOptimizer(base.ProximalOptimizer):
 
     def __init__(self, learning_rate, momentum, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
-        _check_momentum(momentum)
-        if 0.9 <= momentum < 1.0:
-            warnings.warn(
-                f"{type(self).__name__}(momentum={momentum}): here momentum is "
-                "the weight c of the NEW point (0.1 = heavy momentum, 1.0 = "
-                "none), the opposite of keras.optimizers.SGD's convention. "
-                f"{momentum} means almost no momentum; the paper uses 0.1.",
-                stacklevel=3,
-            )
-        # A variable, not a Python float: callbacks change it between steps
-        # and a float would be frozen into the traced train step.
-        with keras.name_scope(self.name, caller=self):
-            self._momentum = keras.Variable(
-                momentum,
-                name="momentum",
-                dtype=keras.backend.floatx(),
-                trainable=False,
-                aggregation="only_first_replica",
-            )
-
-    @property
-    def momentum(self):
-        """c, the weight of the new point (a variable; assign floats to it)."""
-        return self._momentum
-
-    @momentum.setter
-    def momentum(self, value):
-        value = float(value)
-        _check_momentum(value)
-        self._momentum.assign(value)
+        self._add_momentum(momentum)
 
     def build(self, variables):
         if self.built:
@@ -130,13 +99,6 @@ class DualAveragingOptimizer(base.ProximalOptimizer):
 
     def get_config(self):
         config = super().get_config()
-        config["momentum"] = float(ops.convert_to_numpy(self._momentum))
+        config.update(self._momentum_config())
         return config
 
-
-def _check_momentum(momentum):
-    if not isinstance(momentum, (int, float)) or not 0.0 < momentum <= 1.0:
-        raise ValueError(
-            "`momentum` (c, the weight of the new point) must be in (0, 1]. "
-            f"Received: momentum={momentum}"
-        )
