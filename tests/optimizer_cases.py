@@ -33,6 +33,28 @@ OPTIMIZERS = {
         trains=4e-3,
         sparsifies=2e-2,
     ),
+    "proxsgd": Case(
+        lambda reg, **kw: kr.optimizers.ProxSGD(**{"learning_rate": 0.3, "momentum": 0.1, "regularizer": reg, **kw}),
+        trains=1e-4,
+        sparsifies=3e-2,
+    ),
+    "proxgen": Case(
+        lambda reg, **kw: kr.optimizers.ProxGen(**{"learning_rate": 1e-2, "regularizer": reg, **kw}),
+        trains=1e-4,
+        sparsifies=1e-3,
+    ),
+    "proxssi": Case(
+        # ε = 1e-4, not the default 1e-6: with 1e-6 coordinates whose gradient is ~0
+        # amplify rounding by ~1/ε and jit / no-jit drift 4e-4 apart in 24 steps.
+        lambda reg, **kw: kr.optimizers.ProxSSI(**{"learning_rate": 1e-2, "epsilon": 1e-4, "regularizer": reg, **kw}),
+        trains=1e-4,
+        sparsifies=1e-3,
+    ),
+    "ramda": Case(
+        lambda reg, **kw: kr.optimizers.RAMDA(**{"learning_rate": 1e-2, "momentum": 0.1, "regularizer": reg, **kw}),
+        trains=1e-4,
+        sparsifies=1e-3,
+    ),
 }
 
 

@@ -1,0 +1,214 @@
+import functools
+
+import keras
+from keras import ops
+
+from keras_rmda.optimizers import adaptive
+from keras_rmda.optimizers import dual_averaging
+from keras_rmda.optimizers import inner_solvers
+
+
+@keras.saving.register_keras_serializable(package="keras_rmda")
+class RAMDA(dual_averaging.DualAveragingOptimizer):
+    r"""Regularized Adaptive Modernized Dual Averaging (Huang & Lee, NeurIPS 2024).
+
+    RMDA with a diagonal preconditioner built from the weighted squared
+    gradients. Per variable, with learning rate η and momentum c:
+
+    ```
+    t ← t + 1;   β = √t;   s = η·β;   α ← α + s
+    V ← V + s·g;   U ← U + s·g²;   P = U^{1/3} + ε
+    W̃ = argmin_x ⟨V, x⟩ + ½(x − W⁰)ᵀ diag(P) (x − W⁰) + α·λψ(x)
+    W ← (1 − c)·W + c·W̃
+    ```
+
+    A stage starts on the first step and at every `restart()`: W⁰ ← W,
+    V ← 0, U ← 0, α ← 0, t ← 0, and `restart()` also shrinks
+    ε ← `restart_epsilon_factor`·ε.
+
+    **The subproblem.** Completing the square it is
+    `argmin_x ½‖x − (W⁰ − V/P)‖²_P + αλψ(x)`. For the group LASSO a group
+    is exactly zero at the solution iff `‖P_g ⊙ W⁰_g − V_g‖₂ ≤ α·λ·w_g`
+    (w_g = √|g|; per entry for L1); those groups are set to zero and
+    skipped. The rest is solved inexactly by proximal gradient, started at
+    W⁰ − V/P, with step 1/L, L = max(P) per group (per entry for L1, per
+    variable for the nuclear norm): at most `max_inner_steps` iterations,
+    stopping once ‖x_{k+1} − x_k‖₂ ≤ `inner_tol`·‖x_{k+1}‖₂. The solve is
+    a deterministic function of the state, so `prox_point(variable)`
+    recomputes exactly the W̃ of the last step at no memory cost.
+
+    **Momentum convention.** As in `RMDA`: c is the weight of the new point
+    (0.1 heavy momentum, 1.0 none).
+
+    Args:
+        learning_rate: η, a float ≥ 0, a `LearningRateSchedule`, or a
+            callable. Defaults to 1e-2.
+        momentum: c in (0, 1]. Defaults to 0.1.
+        epsilon: ε > 0 added to U^{1/3}. Defaults to 1e-6.
+        regularizer: `GroupLasso`, `L1`, `NuclearNorm` or None.
+        groups: `"auto"` or None; see `keras_rmda.groups`.
+        max_inner_steps: iteration cap of the inner solver (≥ 1). Defaults
+            to 100.
+        inner_tol: relative-change tolerance (≥ 0). Defaults to 1e-8.
+        restart_epsilon_factor: factor in (0, 1] applied to ε at every
+            `restart()`. Defaults to 0.1.
+        finalize: set the model to its prox point when `fit` ends.
+        **kwargs: the base optimizer arguments (see `ProximalOptimizer`).
+
+    State: three tensors per variable (W⁰, V, U), three scalars per
+    variable (t, α, fingerprint), and ε.
+
+    Reference:
+        Z.-S. Huang, C.-p. Lee. Regularized Adaptive Momentum Dual Averaging
+        with an Efficient Inexact Subproblem Solver for Training Structured
+        Neural Networks. NeurIPS 2024.
+        [arXiv:2403.14398](https://arxiv.org/abs/2403.14398)
+    """
+
+    def __init__(
+        self,
+        learning_rate=1e-2,
+        momentum=0.1,
+        epsilon=1e-6,
+        regularizer=None,
+        groups="auto",
+        max_inner_steps=100,
+        inner_tol=1e-8,
+        restart_epsilon_factor=0.1,
+        finalize=True,
+        name="ramda",
+        **kwargs,
+    ):
+        if not isinstance(epsilon, (int, float)) or not epsilon > 0.0:
+            raise ValueError(f"`epsilon` must be > 0. Received: epsilon={epsilon}")
+        adaptive.check_positive_int("max_inner_steps", max_inner_steps)
+        adaptive.check_nonnegative("inner_tol", inner_tol)
+        factor = restart_epsilon_factor
+        if not isinstance(factor, (int, float)) or not 0.0 < factor <= 1.0:
+            raise ValueError(
+                "`restart_epsilon_factor` must be in (0, 1]. "
+                f"Received: restart_epsilon_factor={factor}"
+            )
+        super().__init__(
+            learning_rate=learning_rate,
+            momentum=momentum,
+            regularizer=regularizer,
+            groups=groups,
+            finalize=finalize,
+            name=name,
+            **kwargs,
+        )
+        self.max_inner_steps = max_inner_steps
+        self.inner_tol = float(inner_tol)
+        self.restart_epsilon_factor = float(factor)
+        with keras.name_scope(self.name, caller=self):
+            self._epsilon = keras.Variable(
+                epsilon,
+                name="epsilon",
+                dtype=keras.backend.floatx(),
+                trainable=False,
+                aggregation="only_first_replica",
+            )
+
+    @property
+    def epsilon(self):
+        """ε of the current stage (a variable)."""
+        return self._epsilon
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self._squared_sums = self.add_optimizer_variables(variables, "squared_gradient_sum")
+        self._compiled_prox_points = {}
+
+    def stage_reset(self, index, variable):
+        return super().stage_reset(index, variable) + [
+            (self._squared_sums[index], ops.zeros_like(self._squared_sums[index]))
+        ]
+
+    def restart(self):
+        """New stage for every variable (W⁰ ← W, V, U, α, t ← 0) and ε ← factor·ε."""
+        if not self.built:
+            return
+        super().restart()
+        self._epsilon.assign(self._epsilon * self.restart_epsilon_factor)
+
+    def prox_point(self, variable):
+        """W̃ recomputed from the state (see `DualAveragingOptimizer.prox_point`).
+
+        Called eagerly on TensorFlow it runs as one compiled function per
+        variable, so the inner solver's loop does not run op by op.
+        """
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            if tf.executing_eagerly():
+                index = self._get_variable_index(variable)
+                compiled = self._compiled_prox_points.get(index)
+                if compiled is None:
+                    compiled = tf.function(
+                        functools.partial(super().prox_point, variable),
+                        jit_compile=False,
+                        autograph=False,
+                    )
+                    self._compiled_prox_points[index] = compiled
+                return compiled()
+        return super().prox_point(variable)
+
+    def dual_prox(self, index, variable, step, alpha, sums):
+        return self._dual_point(index, alpha, sums, self._squared_sums[index])
+
+    def _dual_point(self, index, alpha, sums, squared_sums):
+        dtype = sums.dtype
+        preconditioner = ops.power(squared_sums, 1.0 / 3.0) + ops.cast(self._epsilon, dtype)
+        da = preconditioner * self._initial_points[index] - sums
+        unregularized_minimum = da / preconditioner
+        if not self.regularized(index):
+            return unregularized_minimum
+        groups = self._variable_groups[index]
+        alpha = ops.cast(alpha, dtype)
+        axes = inner_solvers.separable_axes(self.regularizer, groups, len(sums.shape))
+        zero_threshold = inner_solvers.zero_thresholds(self.regularizer, groups)
+        fixed_zero = None
+        if zero_threshold is not None:
+            fixed_zero = inner_solvers.zero_blocks(
+                da, axes, alpha * ops.cast(zero_threshold, dtype)
+            )
+        return inner_solvers.proximal_gradient(
+            preconditioner,
+            da,
+            lambda y, step: self.prox(index, y, alpha * step),
+            unregularized_minimum,
+            axes,
+            self.max_inner_steps,
+            self.inner_tol,
+            fixed_zero,
+        )
+
+    def update_rule(self, index, variable, gradient, learning_rate):
+        step = self._steps[index] + 1.0
+        scale = ops.cast(learning_rate, "float32") * ops.sqrt(step)  # s = η·β
+        alpha = self._alphas[index] + scale
+        scale_in_dtype = ops.cast(scale, variable.dtype)
+        sums = self._gradient_sums[index] + scale_in_dtype * gradient
+        squared_sums = self._squared_sums[index] + scale_in_dtype * ops.square(gradient)
+        prox_point = self._dual_point(index, alpha, sums, squared_sums)
+        c = ops.cast(self._momentum, variable.dtype)
+        new_weights = (1.0 - c) * variable + c * prox_point
+        return new_weights, [
+            (self._steps[index], step),
+            (self._alphas[index], alpha),
+            (self._gradient_sums[index], sums),
+            (self._squared_sums[index], squared_sums),
+        ]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            epsilon=float(ops.convert_to_numpy(self._epsilon)),
+            max_inner_steps=self.max_inner_steps,
+            inner_tol=self.inner_tol,
+            restart_epsilon_factor=self.restart_epsilon_factor,
+        )
+        return config
