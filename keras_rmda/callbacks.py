@@ -4,6 +4,7 @@ import keras
 import numpy as np
 
 from keras_rmda import structure
+from keras_rmda._schedule import StageSchedule  # noqa: F401 (public here)
 
 
 class StructureMonitor(keras.callbacks.Callback):

@@ -1,0 +1,149 @@
+"""`keras-rmda` end to end: real subprocesses for the commands, in-process for errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_rmda  # noqa: F401 (registers the objects the .keras files hold)
+from keras_rmda import cli
+
+MNIST_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared",
+                                         "data", "tensorflow_datasets"))
+needs_mnist = pytest.mark.skipif(not os.path.isdir(os.path.join(MNIST_DIR, "mnist")),
+                                 reason="offline MNIST not present")
+TINY = ["train", "--preset", "lenet5-mnist", "--optimizer", "rmda", "--milestones", "1,2",
+        "--lambda", "0.02", "--batch-size", "64", "--limit-train", "256", "--limit-val", "128",
+        "--data-dir", MNIST_DIR, "--verbose", "2"]
+
+
+def _env():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+    env.pop("TFDS_DATA_DIR", None)
+    return env
+
+
+def _start(args, cwd):
+    return subprocess.Popen([sys.executable, "-m", "keras_rmda", *args], cwd=cwd, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(process, expect_ok=True):
+    out, err = process.communicate(timeout=300)
+    if expect_ok:
+        assert process.returncode == 0, err[-3000:]
+    return process.returncode, out, err
+
+
+def _run(args, cwd, expect_ok=True):
+    return _finish(_start(args, cwd), expect_ok)
+
+
+def _assert_same_files(a, b):
+    one, two = keras.saving.load_model(a), keras.saving.load_model(b)
+    for x, y in zip(one.get_weights(), two.get_weights()):
+        np.testing.assert_array_equal(x, y)
+    for x, y in zip(one.optimizer.variables, two.optimizer.variables):
+        np.testing.assert_array_equal(x.numpy(), y.numpy())
+
+
+@needs_mnist
+def test_train_resume_report_and_export(tmp_path):
+    # The uninterrupted run and the first part of the interrupted one in parallel.
+    straight = _start(TINY + ["--epochs", "3", "--out", "straight"], tmp_path)
+    _run(TINY + ["--epochs", "2", "--out", "part"], tmp_path)
+    _, out, _ = _finish(straight)
+    _, resumed_out, _ = _run(TINY + ["--epochs", "3", "--out", "part", "--resume"], tmp_path)
+
+    assert "Epoch 3/3" in out and "Resuming 'part' after epoch 2." in resumed_out
+    assert "total" in out and "Summary: epochs 3" in out
+    _assert_same_files(tmp_path / "straight/checkpoint.keras", tmp_path / "part/checkpoint.keras")
+    _assert_same_files(tmp_path / "straight/model.keras", tmp_path / "part/model.keras")
+    for run in ("straight", "part"):
+        directory = tmp_path / run
+        for name in ("accuracy.png", "sparsity.png", "report.txt", "summary.json",
+                     "structure.json", "run.json", "metrics.csv"):
+            assert (directory / name).is_file(), name
+        rows = json.loads((directory / "metrics.json").read_text())
+        assert [r["epoch"] for r in rows] == [1, 2, 3]
+        assert {"val_accuracy", "group_sparsity", "learning_rate", "momentum"} <= set(rows[0])
+        header = (directory / "metrics.csv").read_text().splitlines()[0]
+        assert "group_sparsity" in header and len((directory / "metrics.csv").read_text()
+                                                  .splitlines()) == 4
+    pairs = zip(json.loads((tmp_path / "straight/metrics.json").read_text()),
+                json.loads((tmp_path / "part/metrics.json").read_text()))
+    for a, b in pairs:
+        assert (a["loss"], a["group_sparsity"]) == (b["loss"], b["group_sparsity"])
+
+    report = _start(["report", "straight/model.keras"], tmp_path)
+    _, exported, _ = _run(["export", "straight/model.keras", "--base-dir", "served"], tmp_path)
+    _, table, _ = _finish(report)
+    assert "conv2" in table and "total" in table
+    assert (tmp_path / "served/1/saved_model.pb").is_file() and "served/1" in exported
+
+    # In-process, after the run exists: the output dir holds a different run.
+    code, err = _main(["train", *TINY[1:], "--lambda", "0.5", "--out",
+                       str(tmp_path / "straight")])
+    assert code == 2 and "holds a different run" in err and "strength" in err
+    code, err = _main(["train", *TINY[1:], "--epochs", "3", "--out", str(tmp_path / "straight")])
+    assert code == 2 and "--resume" in err
+
+
+def test_demo(tmp_path):
+    _, out, _ = _run(["demo", "--out", "demo", "--epochs", "6"], tmp_path)
+    assert "Planted zero input groups" in out and "Zero groups RMDA found" in out
+    assert "total" in out  # the structure report
+    assert (tmp_path / "demo/rmda_demo.png").is_file()
+    assert (tmp_path / "demo/student/1/saved_model.pb").is_file()
+
+
+def test_user_errors_exit_nonzero_without_traceback(tmp_path):
+    # Through the real entry point once: missing data, no network reached.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = _run(["train", "--preset", "vgg19-cifar10", "--data-dir", str(empty),
+                         "--out", str(tmp_path / "run")], tmp_path, expect_ok=False)
+    assert code == 2 and "Traceback" not in err
+    assert "'cifar10'" in err and str(empty) in err
+    assert os.listdir(empty) == []
+
+
+def _main(argv, capsys=None):
+    import io
+    from contextlib import redirect_stderr
+
+    buffer = io.StringIO()
+    with redirect_stderr(buffer):
+        code = cli.main(argv)
+    return code, buffer.getvalue()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--preset", "vgg16-cifar10"], "Unknown preset 'vgg16-cifar10'"),
+    (["train", "--preset", "lenet5-mnist", "--optimizer", "adam"], "optimizer 'adam'"),
+    (["train", "--preset", "lenet5-mnist", "--dataset", "svhn"], "Unknown dataset 'svhn'"),
+    (["train", "--preset", "lenet5-mnist", "--optimizer", "msgd", "--lambda", "1"], "msgd"),
+    (["report", "missing.keras"], "No model file at 'missing.keras'"),
+])
+def test_user_errors_in_process(argv, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = _main(argv)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_unreadable_files_and_foreign_directories(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "garbage.keras").write_text("not a zip file")
+    for command in ("report", "export"):
+        code, err = _main([command, "garbage.keras"])
+        assert code == 2 and "Cannot read 'garbage.keras'" in err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    code, err = _main(["train", "--preset", "lenet5-mnist", "--out", str(run)])
+    assert code == 2 and "holds no keras-rmda run" in err
