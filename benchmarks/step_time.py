@@ -1,0 +1,158 @@
+"""Step time of RMDA against Keras SGD with momentum, on this machine's CPU.
+
+1. `model.fit` steps of LeNet-5 (6-16-120-84) on MNIST-shaped input, batch
+   128: RMDA(GroupLasso) against SGD(momentum=0.9), jit off and on.
+2. The optimizer update alone on a ~25M-parameter set of dense and conv
+   kernels: RMDA(GroupLasso), RMDA(L1) against SGD(momentum=0.9), jit off and
+   on.
+
+Repeats are interleaved (A B A B ...) in one run and the median ratio is
+printed. The last line is `step_time_ratio <worst of the two modes>`.
+
+    python benchmarks/step_time.py [--repeats 7]
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_rmda as kr  # noqa: E402
+
+BATCH, FIT_STEPS = 128, 40
+
+
+def lenet5():
+    return keras.Sequential([
+        keras.Input((28, 28, 1)),
+        keras.layers.Conv2D(6, 5, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(16, 5, activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(),
+        keras.layers.Dense(120, activation="relu"),
+        keras.layers.Dense(84, activation="relu"),
+        keras.layers.Dense(10),
+    ])
+
+
+def interleaved_medians(runs, repeats):
+    """{name: median seconds} of `runs` ({name: fn}), timed A B A B ..."""
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def fit_step_ratio(jit, repeats):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(BATCH * 8, 28, 28, 1)).astype("float32")
+    y = rng.integers(0, 10, size=BATCH * 8)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH).cache().repeat()
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    optimizers = {
+        "sgd": keras.optimizers.SGD(0.01, momentum=0.9),
+        "rmda": kr.RMDA(0.1, 0.1, regularizer=kr.GroupLasso(1e-4)),
+    }
+    runs = {}
+    for name, optimizer in optimizers.items():
+        keras.utils.set_random_seed(0)
+        model = lenet5()
+        model.compile(optimizer, loss, jit_compile=jit)
+        model.fit(data, steps_per_epoch=5, epochs=1, verbose=0, shuffle=False)  # trace and warm up
+        runs[name] = (
+            lambda m=model: m.fit(data, steps_per_epoch=FIT_STEPS, epochs=1, verbose=0, shuffle=False)
+        )
+    medians = interleaved_medians(runs, repeats)
+    return medians["rmda"] / medians["sgd"], medians
+
+
+def big_variable_set():
+    """~25M parameters: VGG/AlexNet-like conv and dense kernels plus biases."""
+    shapes = [
+        ((3, 3, 256, 512), kr.groups.InputChannels()),
+        ((3, 3, 512, 512), kr.groups.InputChannels()),
+        ((3, 3, 512, 512), kr.groups.InputChannels()),
+        ((4096, 4096), kr.groups.InputUnits()),
+        ((4096, 1000), kr.groups.InputUnits()),
+        ((512,), None),
+        ((4096,), None),
+    ]
+    rng = np.random.default_rng(0)
+    variables = []
+    for i, (shape, grouping) in enumerate(shapes):
+        v = keras.Variable(
+            (0.01 * rng.standard_normal(size=shape)).astype("float32"), name=f"w{i}"
+        )
+        v.constraint = grouping
+        variables.append(v)
+    return variables
+
+
+def compiled_apply(optimizer, grads, variables, jit):
+    return tf.function(lambda: optimizer.apply(grads, variables), jit_compile=jit)
+
+
+def update_ratios(jit, repeats):
+    optimizers = {
+        "sgd": lambda: keras.optimizers.SGD(0.01, momentum=0.9),
+        "group_lasso": lambda: kr.RMDA(0.1, 0.1, regularizer=kr.GroupLasso(1e-4)),
+        "l1": lambda: kr.RMDA(0.1, 0.1, regularizer=kr.L1(1e-4)),
+    }
+    runs = {}
+    for name, make in optimizers.items():
+        variables = big_variable_set()
+        grads = [tf.constant(np.full(v.shape, 1e-3, "float32")) for v in variables]
+        optimizer = make()
+        optimizer.build(variables)
+        step = compiled_apply(optimizer, grads, variables, jit)
+        step()  # trace
+        runs[name] = step
+    medians = interleaved_medians(runs, repeats)
+    n = sum(int(np.prod(v.shape)) for v in big_variable_set())
+    return {k: medians[k] / medians["sgd"] for k in ("group_lasso", "l1")}, medians, n
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, "
+          f"{os.cpu_count()} CPU cores; interleaved repeats: {args.repeats}")
+
+    step_ratios = {}
+    for jit in (False, True):
+        ratio, medians = fit_step_ratio(jit, args.repeats)
+        step_ratios[jit] = ratio
+        per_step = {k: f"{1e3 * v / FIT_STEPS:.2f} ms" for k, v in medians.items()}
+        print(f"fit step, LeNet-5, batch {BATCH}, jit={jit}: {per_step}  "
+              f"RMDA/SGD = {ratio:.3f}")
+
+    update = {}
+    for jit in (False, True):
+        ratios, medians, n = update_ratios(jit, args.repeats)
+        update[jit] = ratios
+        per_update = {k: f"{1e3 * v:.1f} ms" for k, v in medians.items()}
+        print(f"update alone, {n / 1e6:.1f}M parameters, jit={jit}: {per_update}  "
+              + "  ".join(f"{k}/SGD = {r:.3f}" for k, r in ratios.items()))
+
+    for jit in (False, True):
+        print(f"update_ratio jit={jit} group_lasso {update[jit]['group_lasso']:.3f} "
+              f"l1 {update[jit]['l1']:.3f}")
+    best = min((False, True), key=lambda j: update[j]["group_lasso"])
+    print(f"update_ratio group_lasso {update[best]['group_lasso']:.3f} "
+          f"l1 {update[best]['l1']:.3f}  (jit={best}, the faster path)")
+    print(f"step_time_ratio {max(step_ratios.values()):.3f}")
+
+
+if __name__ == "__main__":
+    main()
