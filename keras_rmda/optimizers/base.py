@@ -24,8 +24,8 @@ from keras_rmda.optimizers.fingerprint import fingerprints_differ
 def _in_xla_context():
     """True while tracing inside an XLA-compiled TensorFlow function.
 
-    Uses TensorFlow's private `control_flow_util` (the only private API this
-    package relies on); False on other backends.
+    Uses TensorFlow's private `control_flow_util`, in this one place; False
+    on other backends.
     """
     if keras.backend.backend() != "tensorflow":
         return False
