@@ -156,6 +156,21 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
                 stacklevel=3,
             )
 
+    def add_hyperparameter(self, value, name):
+        """A non-trainable scalar variable the traced step reads.
+
+        A variable, not a Python float: callbacks change it between steps,
+        and a float would be frozen into the traced train step.
+        """
+        with keras.name_scope(self.name, caller=self):
+            return keras.Variable(
+                value,
+                name=name,
+                dtype=keras.backend.floatx(),
+                trainable=False,
+                aggregation="only_first_replica",
+            )
+
     def tracks(self, variable):
         """True if the optimizer was built on this model variable."""
         return self.built and self._var_key(variable) in self._trainable_variables_indices

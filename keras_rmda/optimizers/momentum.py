@@ -6,15 +6,13 @@
 
 import warnings
 
-import keras
 from keras import ops
 
 
 class NewPointMomentum:
     """Mixin for a `keras.optimizers.Optimizer`: c as a non-trainable variable.
 
-    A variable, not a Python float: callbacks (e.g. `StageSchedule`) change
-    it between steps, and a float would be frozen into the traced train step.
+    Callbacks (e.g. `StageSchedule`) change it between steps.
     """
 
     def _add_momentum(self, momentum):
@@ -27,14 +25,7 @@ class NewPointMomentum:
                 f"{momentum} means almost no momentum; the paper uses 0.1.",
                 stacklevel=4,
             )
-        with keras.name_scope(self.name, caller=self):
-            self._momentum = keras.Variable(
-                momentum,
-                name="momentum",
-                dtype=keras.backend.floatx(),
-                trainable=False,
-                aggregation="only_first_replica",
-            )
+        self._momentum = self.add_hyperparameter(momentum, "momentum")
 
     @property
     def momentum(self):

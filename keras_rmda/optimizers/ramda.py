@@ -101,14 +101,7 @@ class RAMDA(dual_averaging.DualAveragingOptimizer):
         self.max_inner_steps = max_inner_steps
         self.inner_tol = float(inner_tol)
         self.restart_epsilon_factor = float(factor)
-        with keras.name_scope(self.name, caller=self):
-            self._epsilon = keras.Variable(
-                epsilon,
-                name="epsilon",
-                dtype=keras.backend.floatx(),
-                trainable=False,
-                aggregation="only_first_replica",
-            )
+        self._epsilon = self.add_hyperparameter(epsilon, "epsilon")
 
     @property
     def epsilon(self):
