@@ -6,13 +6,6 @@ that turn the structure into a smaller, faster model: `structure_report`,
 `callbacks.StructureMonitor`, `slim` and `export_for_serving`.
 """
 
-import os as _os
-import sys as _sys
-
-if _os.path.basename(_sys.argv[0] if _sys.argv else "") == "keras-rmda":
-    # The command line: keep TensorFlow's C++ start-up logs off the user's terminal.
-    _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
 from keras_rmda import callbacks
 from keras_rmda import groups
 from keras_rmda import datasets
