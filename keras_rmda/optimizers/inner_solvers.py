@@ -83,6 +83,22 @@ def zero_blocks(da, axes, threshold):
 # --- the solvers -----------------------------------------------------------------
 
 
+def proximal_gradient_with_zero_test(d, da, tau, regularizer, groups, prox, x0, max_steps, tol):
+    """`proximal_gradient` for τ·λψ, holding at 0 the blocks provably zero at x*.
+
+    `prox(y, t)` is the variable's proximal map of t·λψ; the zero test is
+    `zero_blocks` where the regulariser has one (not the nuclear norm).
+    """
+    axes = separable_axes(regularizer, groups, len(da.shape))
+    zero_threshold = zero_thresholds(regularizer, groups)
+    fixed_zero = None
+    if zero_threshold is not None:
+        fixed_zero = zero_blocks(da, axes, tau * ops.cast(zero_threshold, da.dtype))
+    return proximal_gradient(
+        d, da, lambda y, step: prox(y, tau * step), x0, axes, max_steps, tol, fixed_zero
+    )
+
+
 def proximal_gradient(d, da, prox_with_step, x0, axes, max_steps, tol, fixed_zero=None):
     r"""Inexact x* by proximal-gradient steps, each block with its own step 1/L.
 

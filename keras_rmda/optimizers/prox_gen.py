@@ -89,23 +89,16 @@ class ProxGen(adaptive.AdaptiveProximalOptimizer):
         self.inner_tol = float(inner_tol)
 
     def solve(self, index, variable, d, da, learning_rate):
-        groups = self._variable_groups[index]
-        axes = inner_solvers.separable_axes(self.regularizer, groups, len(variable.shape))
-        zero_threshold = inner_solvers.zero_thresholds(self.regularizer, groups)
-        fixed_zero = None
-        if zero_threshold is not None:
-            fixed_zero = inner_solvers.zero_blocks(
-                da, axes, learning_rate * ops.cast(zero_threshold, d.dtype)
-            )
-        return inner_solvers.proximal_gradient(
+        return inner_solvers.proximal_gradient_with_zero_test(
             d,
             da,
-            lambda y, step: self.prox(index, y, learning_rate * step),
+            learning_rate,
+            self.regularizer,
+            self._variable_groups[index],
+            lambda y, step: self.prox(index, y, step),
             ops.convert_to_tensor(variable),
-            axes,
             self.max_inner_steps,
             self.inner_tol,
-            fixed_zero,
         )
 
     def get_config(self):

@@ -89,13 +89,15 @@ class ProxSSI(adaptive.AdaptiveProximalOptimizer):
         groups = self._variable_groups[index]
         axes = inner_solvers.separable_axes(self.regularizer, groups, len(variable.shape))
         zero_threshold = inner_solvers.zero_thresholds(self.regularizer, groups)
-        if zero_threshold is None:
-            return inner_solvers.proximal_gradient(
+        if zero_threshold is None:  # the nuclear norm: no closed-form block test
+            return inner_solvers.proximal_gradient_with_zero_test(
                 d,
                 da,
-                lambda y, step: self.prox(index, y, learning_rate * step),
+                learning_rate,
+                self.regularizer,
+                groups,
+                lambda y, step: self.prox(index, y, step),
                 da / d,
-                axes,
                 self.max_newton_steps,
                 self.newton_tol,
             )

@@ -159,24 +159,16 @@ class RAMDA(dual_averaging.DualAveragingOptimizer):
         unregularized_minimum = da / preconditioner
         if not self.regularized(index):
             return unregularized_minimum
-        groups = self._variable_groups[index]
-        alpha = ops.cast(alpha, dtype)
-        axes = inner_solvers.separable_axes(self.regularizer, groups, len(sums.shape))
-        zero_threshold = inner_solvers.zero_thresholds(self.regularizer, groups)
-        fixed_zero = None
-        if zero_threshold is not None:
-            fixed_zero = inner_solvers.zero_blocks(
-                da, axes, alpha * ops.cast(zero_threshold, dtype)
-            )
-        return inner_solvers.proximal_gradient(
+        return inner_solvers.proximal_gradient_with_zero_test(
             preconditioner,
             da,
-            lambda y, step: self.prox(index, y, alpha * step),
+            ops.cast(alpha, dtype),
+            self.regularizer,
+            self._variable_groups[index],
+            lambda y, step: self.prox(index, y, step),
             unregularized_minimum,
-            axes,
             self.max_inner_steps,
             self.inner_tol,
-            fixed_zero,
         )
 
     def update_rule(self, index, variable, gradient, learning_rate):
