@@ -4,17 +4,22 @@ RMDA (Huang & Lee, ICLR 2022) as a Keras optimizer, the groupings it
 regularises (`keras_rmda.groups`), its proximal regularisers, and the tools
 that turn the structure into a smaller, faster model: `structure_report`,
 `callbacks.StructureMonitor`, `slim` and `export_for_serving`.
+
+The optimizers, regularisers, groupings and structure tools are written with
+`keras.ops` and run on every Keras backend; the TensorFlow-only parts (TFDS
+pipelines, SavedModel export, the distribution helpers) are imported on
+first use, so `import keras_rmda` works where only JAX is installed.
 """
+
+import importlib
 
 from keras_rmda import callbacks
 from keras_rmda import groups
-from keras_rmda import datasets
 from keras_rmda import experiments
 from keras_rmda import models
 from keras_rmda import presets
 from keras_rmda import prox
 from keras_rmda import pruning
-from keras_rmda.export import export_for_serving
 from keras_rmda.optimizers import RAMDA
 from keras_rmda.optimizers import RMDA
 from keras_rmda.optimizers import ProxGen
@@ -31,3 +36,23 @@ from keras_rmda.structure import StructureReport
 from keras_rmda.structure import structure_report
 
 __version__ = "0.1.0"
+
+# TensorFlow-only attributes, imported on first use.
+_LAZY = {
+    "datasets": ("keras_rmda.datasets", None),
+    "export_for_serving": ("keras_rmda.export", "export_for_serving"),
+}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'keras_rmda' has no attribute '{name}'")
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

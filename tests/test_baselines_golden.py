@@ -15,6 +15,7 @@ import keras_rmda as kr
 from keras_rmda import groups
 from keras_rmda.optimizers import ProxGen, ProxSGD, ProxSSI, RAMDA
 
+import compiled
 import numpy_baselines as ref
 
 DENSE, CONV = (6, 5), (3, 3, 4, 5)
@@ -67,9 +68,7 @@ def _run(name, shape, grouping, kind, kept_axis, strength, options, steps=24, re
     optimizer.build([variable])
     apply = lambda gradient: optimizer.apply([gradient], [variable])  # noqa: E731
     if jit:
-        import tensorflow as tf
-
-        apply = tf.function(apply, jit_compile=True)
+        apply = compiled.jit_apply(optimizer, [variable])
     worst = worst_residual = 0.0
     zero_fractions = []
     for k in range(steps):

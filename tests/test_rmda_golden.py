@@ -7,6 +7,7 @@ import pytest
 import keras_rmda as kr
 from keras_rmda import groups
 
+import compiled
 import numpy_reference as ref
 
 DENSE, CONV = (6, 5), (3, 3, 4, 5)
@@ -42,9 +43,7 @@ def _run(shape, grouping, kind, kept_axis, strength, momentum, learning_rate,
     reference = ref.RMDA(start, momentum, strength, ref.make_prox(kind, kept_axis))
     apply = lambda gradient: optimizer.apply([gradient], [variable])  # noqa: E731
     if jit:
-        import tensorflow as tf
-
-        apply = tf.function(apply, jit_compile=True)
+        apply = compiled.jit_apply(optimizer, [variable])
     schedule = learning_rate if callable(learning_rate) else None
     worst, saw_structure = 0.0, False
     for k in range(steps):

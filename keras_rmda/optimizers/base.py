@@ -239,7 +239,7 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
             commits.append((self._fingerprints[index], fingerprint(new_weights)))
         # Selecting on a scalar fuses into the update's single pass under XLA.
         for target, value in commits:
-            self.assign(target, ops.where(finite, value, target))
+            self.assign(target, ops.where(finite, value, ops.convert_to_tensor(target)))
 
     def _fuse_in_plain_graph(self):
         if keras.backend.backend() != "tensorflow" or _in_xla_context():
@@ -303,7 +303,7 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
             return
         if branch_free:
             for slot, value in self.stage_reset(index, variable):
-                self.assign(slot, ops.where(due, value, slot))
+                self.assign(slot, ops.where(due, value, ops.convert_to_tensor(slot)))
             return
         import tensorflow as tf
 

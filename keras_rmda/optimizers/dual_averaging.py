@@ -47,7 +47,7 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
         """`[(slot, value), ...]` that starts a new stage from the current weights."""
         return [
             (self._initial_points[index], ops.convert_to_tensor(variable)),
-            (self._gradient_sums[index], ops.zeros_like(self._gradient_sums[index])),
+            (self._gradient_sums[index], ops.zeros(self._gradient_sums[index].shape, self._gradient_sums[index].dtype)),
             (self._steps[index], ops.zeros(())),
             (self._alphas[index], ops.zeros(())),
         ]
@@ -95,7 +95,7 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
         # Guard t = 0 against 0/0: that branch is discarded anyway.
         safe_step = ops.maximum(step, 1.0)
         point = self.dual_prox(index, variable, safe_step, alpha, sums)
-        return ops.where(live, point, variable)
+        return ops.where(live, point, ops.convert_to_tensor(variable))
 
     def get_config(self):
         config = super().get_config()

@@ -117,7 +117,7 @@ class RAMDA(dual_averaging.DualAveragingOptimizer):
 
     def stage_reset(self, index, variable):
         return super().stage_reset(index, variable) + [
-            (self._squared_sums[index], ops.zeros_like(self._squared_sums[index]))
+            (self._squared_sums[index], ops.zeros(self._squared_sums[index].shape, self._squared_sums[index].dtype))
         ]
 
     def restart(self):
