@@ -40,6 +40,7 @@ __version__ = "0.1.0"
 # TensorFlow-only attributes, imported on first use.
 _LAZY = {
     "datasets": ("keras_rmda.datasets", None),
+    "distribute": ("keras_rmda.distribute", None),
     "export_for_serving": ("keras_rmda.export", "export_for_serving"),
 }
 
