@@ -18,8 +18,16 @@ A run directory holds:
 `--resume` continues bit-for-bit like an uninterrupted run on CPU. RMDA's
 `finalize` (set the model to its prox point) runs only after the last
 epoch's checkpoint is written, so it never enters a resumed run.
+
+**Strategies.** The model is built and compiled inside `strategy.scope()`.
+Under `MultiWorkerMirroredStrategy`, where Keras 3.15's `fit` fails
+(keras-team/keras#20585), training goes through `keras_rmda.distribute.fit`
+and each worker computes the validation metrics itself; only the chief
+writes the run directory, which every worker must be able to read to
+`--resume` (see docs/distributed.md).
 """
 
+import contextlib
 import csv
 import json
 import os
@@ -29,35 +37,55 @@ import keras
 
 from keras_rmda import callbacks as callbacks_lib
 from keras_rmda import datasets
+from keras_rmda import distribute
 from keras_rmda import models
 from keras_rmda import presets
 from keras_rmda import structure
 
 
 def run(preset, out, resume=False, seed=0, data_dir=None, download=False,
-        limit_train=None, limit_val=None, verbose="auto"):
-    """Train `preset` into the run directory `out`; returns the summary dict."""
+        limit_train=None, limit_val=None, verbose="auto", strategy=None):
+    """Train `preset` into the run directory `out`; returns the summary dict.
+
+    `strategy`: a `tf.distribute` strategy (None: the default one). Returns
+    None on workers other than the chief, which write nothing.
+    """
     from keras_rmda.cli import CLIError
     from keras_rmda.cli import load_model
 
+    import tensorflow as tf
+
+    chief = distribute.is_chief(strategy or tf.distribute.get_strategy())
+    multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     settings = {"preset": preset.as_dict(), "seed": seed, "limit_train": limit_train,
                 "limit_val": limit_val}
-    _check_run_dir(out, settings, resume, CLIError)
+    rejected = None
+    if chief:
+        try:
+            _check_run_dir(out, settings, resume, CLIError)
+        except CLIError as error:
+            rejected = error
+    if multiworker and _any_worker(strategy, rejected is not None) and rejected is None:
+        rejected = CLIError(f"The chief rejected the output dir '{out}'; see its error.")
+    if rejected is not None:  # every worker stops, none waits for the chief
+        raise rejected
     spec = datasets.info(preset.dataset)
     checkpoint = os.path.join(out, "checkpoint.keras")
     initial_epoch = 0
     keras.utils.set_random_seed(seed)
-    if resume and os.path.exists(checkpoint):
-        with open(os.path.join(out, "checkpoint.json")) as f:
-            initial_epoch = json.load(f)["epoch"]
-        model = load_model(checkpoint)
-        print(f"Resuming '{out}' after epoch {initial_epoch}.")
-    else:
-        model = models.build(preset.model, spec.num_classes, spec.input_shape)
-        model.compile(optimizer=presets.make_optimizer(preset),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=["accuracy"])
-    _write_json(os.path.join(out, "run.json"), settings)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        if resume and os.path.exists(checkpoint):
+            with open(os.path.join(out, "checkpoint.json")) as f:
+                initial_epoch = json.load(f)["epoch"]
+            model = load_model(checkpoint)
+            print(f"Resuming '{out}' after epoch {initial_epoch}.")
+        else:
+            model = models.build(preset.model, spec.num_classes, spec.input_shape)
+            model.compile(optimizer=presets.make_optimizer(preset),
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                          metrics=["accuracy"])
+    if chief:
+        _write_json(os.path.join(out, "run.json"), settings)
 
     if initial_epoch < preset.epochs:
         train = datasets.load(preset.dataset, "train", preset.batch_size, data_dir=data_dir,
@@ -71,13 +99,26 @@ def run(preset, out, resume=False, seed=0, data_dir=None, download=False,
             preset.milestones, lr_factor=preset.lr_factor, momentum_rule=preset.momentum_rule,
             learning_rate=preset.learning_rate,
             momentum=preset.momentum if preset.optimizer != "msgd" else None)
-        model.fit(train, epochs=preset.epochs, initial_epoch=initial_epoch,
-                  steps_per_epoch=steps, validation_data=val, verbose=verbose, shuffle=False,
-                  callbacks=[schedule, callbacks_lib.StructureMonitor(),
-                             MetricsLogger(out, initial_epoch), Checkpoint(out)])
+        callbacks = [schedule, callbacks_lib.StructureMonitor()]
+        if multiworker:
+            callbacks.append(Validation(val))
+        if chief:
+            callbacks += [MetricsLogger(out, initial_epoch), Checkpoint(out)]
+        if multiworker:
+            options = tf.data.Options()
+            # Each worker takes its share of every global batch, in order.
+            options.experimental_distribute.auto_shard_policy = (
+                tf.data.experimental.AutoShardPolicy.DATA)
+            distribute.fit(model, train.with_options(options), epochs=preset.epochs,
+                           initial_epoch=initial_epoch, steps_per_epoch=steps,
+                           callbacks=callbacks, verbose=verbose if chief else 0)
+        else:
+            model.fit(train, epochs=preset.epochs, initial_epoch=initial_epoch,
+                      steps_per_epoch=steps, validation_data=val, verbose=verbose,
+                      shuffle=False, callbacks=callbacks)
     else:
         print(f"'{out}' has completed {initial_epoch} epochs already.")
-    return _finish(model, out)
+    return _finish(model, out) if chief else None
 
 
 def _check_run_dir(out, settings, resume, error):
@@ -100,6 +141,14 @@ def _check_run_dir(out, settings, resume, error):
         raise error(f"Output dir '{out}' is not empty and holds no keras-rmda run; "
                     "choose another --out.")
     os.makedirs(out, exist_ok=True)
+
+
+def _any_worker(strategy, flag):
+    """True on every worker when `flag` is True on any (a collective: all must call it)."""
+    import tensorflow as tf
+
+    flags = strategy.run(lambda: tf.constant(float(flag)))
+    return bool(strategy.reduce(tf.distribute.ReduceOp.SUM, flags, axis=None) > 0)
 
 
 def _differences(previous, settings):
@@ -141,6 +190,38 @@ class MetricsLogger(keras.callbacks.Callback):
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(self.rows)
+
+
+class Validation(keras.callbacks.Callback):
+    """`val_loss` and `val_accuracy` at each epoch end, on this worker alone.
+
+    For `keras_rmda.distribute.fit`, under whose multi-worker strategy
+    `model.evaluate` fails too: each worker runs the whole validation set
+    through its own replica of the model, without collectives.
+    """
+
+    def __init__(self, data):
+        super().__init__()
+        self.data = data
+        self._logits = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        import tensorflow as tf
+
+        if self._logits is None:
+            self._logits = tf.function(lambda x: self.model(x, training=False),
+                                       reduce_retracing=True)
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
+        loss = correct = count = 0.0
+        for x, y in self.data:
+            logits = self._logits(x)
+            y = tf.cast(y, tf.int32)
+            loss += float(loss_fn(y, logits))
+            hits = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y)
+            correct += float(tf.reduce_sum(tf.cast(hits, tf.float32)))
+            count += int(tf.shape(y)[0])
+        if logs is not None and count:
+            logs.update(val_loss=loss / count, val_accuracy=correct / count)
 
 
 class Checkpoint(keras.callbacks.Callback):

@@ -2,6 +2,7 @@
 
     keras-rmda demo [--out DIR]
     keras-rmda train --preset vgg19-cifar10 --optimizer rmda [--epochs N ...]
+                     [--strategy default|mirrored|multiworker]
     keras-rmda report runs/vgg19-cifar10-rmda/model.keras
     keras-rmda export runs/vgg19-cifar10-rmda/model.keras [--no-slim] [--base-dir D]
 
@@ -15,6 +16,9 @@ import argparse
 import json
 import os
 import sys
+
+
+STRATEGIES = ("default", "mirrored", "multiworker")
 
 
 class CLIError(Exception):
@@ -57,6 +61,10 @@ def _parser():
     train.add_argument("--limit-val", type=_positive_int, help="use N validation examples")
     train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None,
                        help="Keras progress output (default: bar on a terminal)")
+    train.add_argument("--strategy", choices=STRATEGIES, default="default",
+                       help="tf.distribute strategy: mirrored (this machine's GPUs) or "
+                       "multiworker (the cluster in $TF_CONFIG; run the same command on "
+                       "every worker) (default: %(default)s)")
 
     report = commands.add_parser("report", help="structure report of a .keras model")
     report.add_argument("model", help="a .keras file")
@@ -125,9 +133,11 @@ def _train(args):
         raise CLIError("--lambda: msgd trains without a regulariser.")
     preset = preset.replace(**changes)
     out = args.out or os.path.join("runs", f"{preset.name}-{preset.optimizer}")
+    strategy = make_strategy(args.strategy)
     train.run(preset, out, resume=args.resume, seed=args.seed, data_dir=args.data_dir,
               download=args.download, limit_train=args.limit_train,
-              limit_val=args.limit_val, verbose="auto" if args.verbose is None else args.verbose)
+              limit_val=args.limit_val, verbose="auto" if args.verbose is None else args.verbose,
+              strategy=strategy)
 
 
 def _report(args):
@@ -155,6 +165,27 @@ _COMMANDS = {"demo": _demo, "train": _train, "report": _report, "export": _expor
 
 
 # --- helpers ---------------------------------------------------------------------
+
+
+def make_strategy(name):
+    """The `tf.distribute` strategy `--strategy name` asks for (None: the default)."""
+    if name == "default":
+        return None
+    import tensorflow as tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    config = os.environ.get("TF_CONFIG")
+    if not config:
+        raise CLIError("--strategy multiworker needs TF_CONFIG in the environment (the "
+                       "cluster's workers and this one's task); see docs/distributed.md.")
+    try:
+        parsed = json.loads(config)
+        parsed["cluster"], parsed["task"]
+    except (ValueError, TypeError, KeyError):
+        raise CLIError("--strategy multiworker: TF_CONFIG is not JSON with 'cluster' and "
+                       f"'task' keys. Received: TF_CONFIG={config!r}") from None
+    return tf.distribute.MultiWorkerMirroredStrategy()
 
 
 def load_model(path):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -147,3 +148,65 @@ def test_unreadable_files_and_foreign_directories(tmp_path, monkeypatch):
     (run / "notes.txt").write_text("mine")
     code, err = _main(["train", "--preset", "lenet5-mnist", "--out", str(run)])
     assert code == 2 and "holds no keras-rmda run" in err
+
+
+@needs_mnist
+def test_train_under_each_strategy(tmp_path, monkeypatch):
+    # A two-worker job on this machine; worker 1 gets its own --out, which must
+    # stay absent (only the chief writes). Meanwhile, in this process: default
+    # and mirrored (one CPU replica here).
+    args = TINY + ["--epochs", "2", "--limit-train", "256"]
+    sockets = [socket.socket() for _ in range(2)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    cluster = [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
+    for s in sockets:
+        s.close()
+    workers = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}
+        workers.append(subprocess.Popen(
+            [sys.executable, "-m", "keras_rmda", *args, "--strategy", "multiworker",
+             "--out", f"worker-{index}"], cwd=tmp_path, text=True,
+            env=dict(_env(), TF_CONFIG=json.dumps(tf_config), CUDA_VISIBLE_DEVICES=""),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    monkeypatch.chdir(tmp_path)
+    for strategy in ("default", "mirrored"):
+        code, err = _main([*args, "--strategy", strategy, "--out", strategy])
+        assert code == 0, err
+    for worker in workers:
+        try:
+            log, _ = worker.communicate(timeout=240)
+        finally:
+            worker.kill()
+        assert worker.returncode == 0, log[-3000:]
+
+    assert not (tmp_path / "worker-1").exists()
+    default = keras.saving.load_model(tmp_path / "default/checkpoint.keras")
+    for run, tolerance in (("mirrored", 1e-6), ("worker-0", 1e-5)):
+        model = keras.saving.load_model(tmp_path / run / "checkpoint.keras")
+        for a, b in zip(default.get_weights(), model.get_weights()):
+            np.testing.assert_allclose(a, b, atol=tolerance, rtol=0, err_msg=run)
+        for a, b in zip(default.optimizer.variables, model.optimizer.variables):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), atol=tolerance, rtol=0)
+        rows = json.loads((tmp_path / run / "metrics.json").read_text())
+        expected = json.loads((tmp_path / "default/metrics.json").read_text())
+        for key in ("loss", "val_loss", "val_accuracy", "group_sparsity"):
+            np.testing.assert_allclose([r[key] for r in rows], [r[key] for r in expected],
+                                       rtol=1e-5, err_msg=f"{run}: {key}")
+        assert (tmp_path / run / "model.keras").is_file()
+
+
+def test_strategy_errors(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    argv = ["train", "--preset", "lenet5-mnist", "--strategy", "multiworker"]
+    code, err = _main(argv)
+    assert code == 2 and "needs TF_CONFIG" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setenv("TF_CONFIG", "not json")
+    code, err = _main(argv)
+    assert code == 2 and "Received: TF_CONFIG='not json'" in err
+    assert not os.listdir(tmp_path)  # nothing was written
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--preset", "lenet5-mnist", "--strategy", "tpu"])
+    assert exit_info.value.code == 2 and "invalid choice: 'tpu'" in capsys.readouterr().err
