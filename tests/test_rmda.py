@@ -10,6 +10,7 @@ import tensorflow as tf
 
 import keras_rmda as kr
 from keras_rmda import groups
+from keras_rmda.optimizers import plain_graph
 
 rng = np.random.default_rng(3)
 
@@ -82,7 +83,16 @@ def test_finalize_false_keeps_the_averaged_iterate():
     assert _zero_rows(_np(model.optimizer.prox_point(kernel))).any()
 
 
-def test_weights_changed_from_outside_start_a_new_stage():
+@pytest.fixture(params=["one_pass", "two_passes"])
+def update_passes(request, monkeypatch):
+    """Both compiled updates of a plain TF graph: one pass, and the slots-then-
+    weights passes that variable sets of `SPLIT_MIN_SIZE` weights or more get."""
+    if request.param == "two_passes":
+        monkeypatch.setattr(plain_graph, "SPLIT_MIN_SIZE", 0)
+    return request.param
+
+
+def test_weights_changed_from_outside_start_a_new_stage(update_passes):
     v = _variable()
     optimizer = kr.RMDA(0.1, 0.1, regularizer=kr.GroupLasso(0.05))
     optimizer.build([v])
@@ -122,7 +132,7 @@ def test_weights_loaded_after_build_are_not_pulled_back(tmp_path, how):
         assert np.abs(_np(after) - before).max() < 0.01
 
 
-def test_non_finite_gradient_leaves_variable_and_state_unchanged():
+def test_non_finite_gradient_leaves_variable_and_state_unchanged(update_passes):
     a, b = _variable(name="a"), _variable(name="b")
     optimizer = kr.RMDA(0.1, 0.1, regularizer=kr.GroupLasso(0.05))
     optimizer.build([a, b])

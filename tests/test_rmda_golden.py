@@ -6,6 +6,7 @@ import pytest
 
 import keras_rmda as kr
 from keras_rmda import groups
+from keras_rmda.optimizers import plain_graph
 
 import compiled
 import numpy_reference as ref
@@ -92,6 +93,16 @@ def test_rmda_matches_reference_with_a_learning_rate_schedule():
     schedule = keras.optimizers.schedules.ExponentialDecay(0.05, decay_steps=5, decay_rate=0.7)
     worst, saw_zero = _run(DENSE, groups.InputUnits(), "group_lasso", 0, 1.2, 0.1, schedule)
     assert worst <= 1e-5 and saw_zero
+
+
+@pytest.mark.parametrize("kind, grouping, kept_axis, strength", [
+    ("group_lasso", groups.InputChannels(), 2, 1.3), ("l1", groups.InputChannels(), None, 0.3)])
+def test_rmda_matches_reference_with_the_two_pass_update(kind, grouping, kept_axis, strength,
+                                                         monkeypatch):
+    """The slots-then-weights passes that variable sets of SPLIT_MIN_SIZE weights get."""
+    monkeypatch.setattr(plain_graph, "SPLIT_MIN_SIZE", 0)
+    worst, saw_structure = _run(CONV, grouping, kind, kept_axis, strength, 0.1, 0.05)
+    assert worst <= 1e-5 and saw_structure
 
 
 def test_rmda_matches_reference_under_xla():

@@ -6,7 +6,8 @@ keeps it by variable index (under `tf.distribute` `update_step` receives raw
 gradient, skips a variable's step when its gradient is not finite, commits
 the new values a subclass's update rule returns, and keeps a per-variable
 fingerprint (a small sample) of the last weights it wrote, so weights changed
-from outside can be noticed. A subclass implements `update_rule` (the rule only).
+from outside can be noticed. A subclass implements `update_rule` (the rule
+only), or splits it into `slot_rule` and `weight_rule` (see `update_rule`).
 """
 
 import warnings
@@ -19,20 +20,8 @@ from keras_rmda import regularizers as regularizers_lib
 from keras_rmda.optimizers.fingerprint import fingerprint
 from keras_rmda.optimizers.fingerprint import fingerprint_size
 from keras_rmda.optimizers.fingerprint import fingerprints_differ
-
-
-def _in_xla_context():
-    """True while tracing inside an XLA-compiled TensorFlow function.
-
-    Uses TensorFlow's private `control_flow_util`, in this one place; False
-    on other backends.
-    """
-    if keras.backend.backend() != "tensorflow":
-        return False
-    import tensorflow as tf
-    from tensorflow.python.ops import control_flow_util
-
-    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+from keras_rmda.optimizers.plain_graph import PlainGraphFusion
+from keras_rmda.optimizers.plain_graph import in_xla_context
 
 
 def proximal_optimizer_of(model_or_optimizer):
@@ -42,7 +31,7 @@ def proximal_optimizer_of(model_or_optimizer):
     return optimizer if isinstance(optimizer, ProximalOptimizer) else None
 
 
-class ProximalOptimizer(keras.optimizers.Optimizer):
+class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
     """Base class of optimizers with a proximal step for a regulariser.
 
     Args:
@@ -203,70 +192,36 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         # Inside XLA a select fuses into the update's pass while a conditional
         # would copy the slots through its outputs; in a plain graph a rarely
         # taken branch costs nothing while a select is one more pass.
-        branch_free = _in_xla_context() or keras.backend.backend() != "tensorflow"
+        branch_free = in_xla_context() or keras.backend.backend() != "tensorflow"
         self._start_stage_if_due(index, variable, branch_free=branch_free)
         self._update_variable(index, gradient, variable, learning_rate)
 
-    def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        # Overrides Keras's private `TFOptimizer._backend_update_step`, the one
-        # private Keras hook this package relies on. In a plain TensorFlow graph
-        # with one replica, the rules of all variables run in ONE XLA-compiled
-        # function: each variable's elementwise chain becomes one pass over
-        # memory instead of one pass per op, for a single compilation.
-        if not self._fuse_in_plain_graph():
-            return super()._backend_update_step(grads, trainable_variables, learning_rate)
-        indices = tuple(self._get_variable_index(v) for v in trainable_variables)
-        self._start_stages_if_due(indices)
-        self._fused_rules(indices)(list(grads), learning_rate)
-        for index in indices:
-            # Read from the stored weights out here: inside, fingerprinting the
-            # new weights would keep XLA from fusing their update.
-            variable = self._trainable_variables[index]
-            self.assign(self._fingerprints[index], fingerprint(variable))
-
     def _update_variable(self, index, gradient, variable, learning_rate, record_fingerprint=True):
+        gradient, learning_rate = self._prepare(index, gradient, variable, learning_rate)
+        new_weights, slot_updates = self.update_rule(index, variable, gradient, learning_rate)
+        new_weights = self._constrain(index, new_weights)
+        commits = slot_updates + [(variable, new_weights)]
+        if record_fingerprint:
+            commits.append((self._fingerprints[index], fingerprint(new_weights)))
+        self._commit_if(ops.all(ops.isfinite(gradient)), commits)
+
+    def _prepare(self, index, gradient, variable, learning_rate):
+        """The gradient in the variable's dtype with coupled weight decay, and η."""
         gradient = ops.cast(ops.convert_to_tensor(gradient), variable.dtype)
         learning_rate = ops.cast(learning_rate, variable.dtype)
         if self._decayed[index]:
             gradient = gradient + ops.cast(self.weight_decay, variable.dtype) * variable
-        new_weights, slot_updates = self.update_rule(index, variable, gradient, learning_rate)
+        return gradient, learning_rate
+
+    def _constrain(self, index, new_weights):
         extra = self._extra_constraints[index]
-        if extra is not None:  # applied before the fingerprint is taken
-            new_weights = extra(new_weights)
-        finite = ops.all(ops.isfinite(gradient))
-        commits = slot_updates + [(variable, new_weights)]
-        if record_fingerprint:
-            commits.append((self._fingerprints[index], fingerprint(new_weights)))
+        # Applied before the fingerprint is taken.
+        return new_weights if extra is None else extra(new_weights)
+
+    def _commit_if(self, finite, commits):
         # Selecting on a scalar fuses into the update's single pass under XLA.
         for target, value in commits:
             self.assign(target, ops.where(finite, value, ops.convert_to_tensor(target)))
-
-    def _fuse_in_plain_graph(self):
-        if keras.backend.backend() != "tensorflow" or _in_xla_context():
-            return False
-        import tensorflow as tf
-
-        # XLA on CPU cannot compile MirroredStrategy steps: replicas run plain ops.
-        return tf.distribute.get_strategy().num_replicas_in_sync == 1
-
-    def _fused_rules(self, indices):
-        """One XLA-compiled function applying the rules of `indices`."""
-        if indices not in self._fused_updates:
-            import tensorflow as tf
-
-            def update(grads, learning_rate):
-                for index, gradient in zip(indices, grads):
-                    variable = self._trainable_variables[index]  # one replica: the model's
-                    self._update_variable(
-                        index, gradient, variable, learning_rate, record_fingerprint=False
-                    )
-
-            compiled = tf.function(update, jit_compile=True, autograph=False)
-            # Keras variables and IndexedSlices are not tensors to tf.function.
-            self._fused_updates[indices] = lambda grads, learning_rate: compiled(
-                [tf.convert_to_tensor(g) for g in grads], tf.convert_to_tensor(learning_rate)
-            )
-        return self._fused_updates[indices]
 
     # --- stages: state a subclass resets at restart() and when due -------------
 
@@ -277,20 +232,6 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
     def stage_reset(self, index, variable):
         """`[(slot, value), ...]` that starts a new stage from the current weights."""
         return []
-
-    def _start_stages_if_due(self, indices):
-        """`_start_stage_if_due` for many variables behind one rarely taken branch."""
-        import tensorflow as tf
-
-        dues = [self.stage_due(i, self._trainable_variables[i]) for i in indices]
-        if not indices or dues[0] is None:
-            return
-
-        def reset_due():
-            for index in indices:
-                self._start_stage_if_due(index, self._trainable_variables[index], True)
-
-        tf.cond(ops.any(ops.stack(dues)), reset_due, lambda: None)
 
     def _start_stage_if_due(self, index, variable, branch_free):
         """Reset the variable's stage state where `stage_due`.
@@ -318,8 +259,31 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
 
         Pure: the base assigns the values (or drops them on a non-finite
         gradient). Slots are read as they are before the step.
+
+        A rule whose new weights depend on the gradient only through the new
+        slot values implements `slot_rule` and `weight_rule` instead; the
+        base then runs them in two passes where that is faster.
         """
+        if not self._split_rule():
+            raise NotImplementedError
+        slot_updates = self.slot_rule(index, variable, gradient, learning_rate)
+        new_values = {id(slot): value for slot, value in slot_updates}
+
+        def read(slot):
+            return new_values[id(slot)] if id(slot) in new_values else ops.convert_to_tensor(slot)
+
+        return self.weight_rule(index, variable, read), slot_updates
+
+    def slot_rule(self, index, variable, gradient, learning_rate):
+        """The first half of a split rule: `[(slot, new value), ...]`."""
         raise NotImplementedError
+
+    def weight_rule(self, index, variable, read):
+        """The second half: the new weights, reading slots' new values as `read(slot)`."""
+        raise NotImplementedError
+
+    def _split_rule(self):
+        return type(self).slot_rule is not ProximalOptimizer.slot_rule
 
     def changed_from_outside(self, index, variable):
         """True when `variable` no longer holds the weights this optimizer wrote."""

@@ -82,17 +82,21 @@ class RMDA(dual_averaging.DualAveragingOptimizer):
         z = self._initial_points[index] - sums * ops.cast(1.0 / beta, variable.dtype)
         return self.prox(index, z, alpha / beta)
 
-    def update_rule(self, index, variable, gradient, learning_rate):
+    def slot_rule(self, index, variable, gradient, learning_rate):
         step = self._steps[index] + 1.0
         scale = ops.cast(learning_rate, "float32") * ops.sqrt(step)  # s = η·β
-        alpha = self._alphas[index] + scale
-        sums = self._gradient_sums[index] + ops.cast(scale, variable.dtype) * gradient
-        prox_point = self.dual_prox(index, variable, step, alpha, sums)
+        return [
+            (self._steps[index], step),
+            (self._alphas[index], self._alphas[index] + scale),
+            (self._gradient_sums[index],
+             self._gradient_sums[index] + ops.cast(scale, variable.dtype) * gradient),
+        ]
+
+    def weight_rule(self, index, variable, read):
+        prox_point = self.dual_prox(
+            index, variable, read(self._steps[index]), read(self._alphas[index]),
+            read(self._gradient_sums[index]),
+        )
         c = ops.cast(self._momentum, variable.dtype)
         # (1 − c)·W + c·W̃, not W + c·(W̃ − W): at c = 1 it is W̃ to the bit.
-        new_weights = (1.0 - c) * variable + c * prox_point
-        return new_weights, [
-            (self._steps[index], step),
-            (self._alphas[index], alpha),
-            (self._gradient_sums[index], sums),
-        ]
+        return (1.0 - c) * variable + c * prox_point
