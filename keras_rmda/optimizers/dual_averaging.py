@@ -18,7 +18,8 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
     """Base class holding momentum c, W⁰, V, t, α, `restart()` and `prox_point`.
 
     Subclasses implement `dual_prox(index, variable, step, alpha, sums)`: the
-    prox point W̃ from the (possibly just updated) state, and `update_rule`.
+    prox point W̃ from the (possibly just updated) state, and `update_rule`
+    (or `slot_rule` and `weight_rule`, as RMDA does).
     """
 
     def __init__(self, learning_rate, momentum, **kwargs):
