@@ -46,9 +46,10 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
 
     def stage_reset(self, index, variable):
         """`[(slot, value), ...]` that starts a new stage from the current weights."""
+        sums = self._gradient_sums[index]
         return [
             (self._initial_points[index], ops.convert_to_tensor(variable)),
-            (self._gradient_sums[index], ops.zeros(self._gradient_sums[index].shape, self._gradient_sums[index].dtype)),
+            (sums, ops.zeros(sums.shape, sums.dtype)),
             (self._steps[index], ops.zeros(())),
             (self._alphas[index], ops.zeros(())),
         ]

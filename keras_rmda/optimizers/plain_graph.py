@@ -3,10 +3,10 @@
 Without `jit_compile` (Keras's default on CPU) a TensorFlow train step runs
 each op of an update as its own kernel: one pass over memory per op, a dozen
 per variable. `PlainGraphFusion` overrides Keras's private
-`TFOptimizer._backend_update_step` (the one private Keras hook of this
-package) so that, in a plain graph with one replica, the rules of all
-variables run in XLA-compiled functions instead: each variable's elementwise
-chain becomes one pass. Under XLA, under a multi-replica strategy and on
+`TFOptimizer._backend_update_step` (a private hook, named in pyproject.toml)
+so that, in a plain graph with one replica, the rules of all variables run in
+XLA-compiled functions instead: each variable's elementwise chain becomes
+one pass. Under XLA, under a multi-replica strategy and on
 other backends, Keras's own per-variable `update_step` runs.
 """
 
@@ -44,11 +44,8 @@ class PlainGraphFusion:
     """
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        # Overrides Keras's private `TFOptimizer._backend_update_step`, the one
-        # private Keras hook this package relies on. In a plain TensorFlow graph
-        # with one replica, the rules of all variables run in ONE XLA-compiled
-        # function: each variable's elementwise chain becomes one pass over
-        # memory instead of one pass per op, for a single compilation.
+        # Overrides Keras's private `TFOptimizer._backend_update_step` (see the
+        # module docstring).
         if not self._fuse_in_plain_graph():
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
         indices = tuple(self._get_variable_index(v) for v in trainable_variables)

@@ -116,8 +116,9 @@ class RAMDA(dual_averaging.DualAveragingOptimizer):
         self._compiled_prox_points = {}
 
     def stage_reset(self, index, variable):
+        squared_sums = self._squared_sums[index]
         return super().stage_reset(index, variable) + [
-            (self._squared_sums[index], ops.zeros(self._squared_sums[index].shape, self._squared_sums[index].dtype))
+            (squared_sums, ops.zeros(squared_sums.shape, squared_sums.dtype))
         ]
 
     def restart(self):
