@@ -19,8 +19,6 @@ Repeats are interleaved (A B A B ...) and the median ratio is printed.
 
 import argparse
 import os
-import statistics
-import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -29,19 +27,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_rmda as kr  # noqa: E402
+from timing import big_variable_set  # noqa: E402
+from timing import interleaved_medians  # noqa: E402
 
 BATCH = 128
-
-
-def interleaved_medians(runs, repeats):
-    """{name: median seconds} of `runs` ({name: fn}), timed A B A B ..."""
-    times = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def make_optimizer(name):
@@ -89,27 +78,6 @@ def training_steps(model_name, input_shape, optimizer_name, steps):
         holder["state"] = jax.block_until_ready(many_steps(holder["state"]))
 
     return run, sum(int(np.prod(v.shape)) for v in model.trainable_variables)
-
-
-def big_variable_set():
-    """~25M parameters: VGG/AlexNet-like conv and dense kernels plus biases."""
-    shapes = [
-        ((3, 3, 256, 512), kr.groups.InputChannels()),
-        ((3, 3, 512, 512), kr.groups.InputChannels()),
-        ((3, 3, 512, 512), kr.groups.InputChannels()),
-        ((4096, 4096), kr.groups.InputUnits()),
-        ((4096, 1000), kr.groups.InputUnits()),
-        ((512,), None),
-        ((4096,), None),
-    ]
-    rng = np.random.default_rng(0)
-    variables = []
-    for i, (shape, grouping) in enumerate(shapes):
-        v = keras.Variable((0.01 * rng.standard_normal(size=shape)).astype("float32"),
-                           name=f"w{i}")
-        v.constraint = grouping
-        variables.append(v)
-    return variables
 
 
 def update_alone(optimizer_name, updates, distinct=4):

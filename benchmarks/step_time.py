@@ -16,7 +16,6 @@ printed; the fit timing uses several independent models per optimizer (see
 import argparse
 import os
 import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -25,6 +24,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_rmda as kr  # noqa: E402
+from timing import big_variable_set  # noqa: E402
+from timing import interleaved_medians  # noqa: E402
+from timing import interleaved_times  # noqa: E402
 
 BATCH, FIT_STEPS = 128, 100
 
@@ -41,22 +43,6 @@ def lenet5():
         keras.layers.Dense(84, activation="relu"),
         keras.layers.Dense(10),
     ])
-
-
-def interleaved_times(runs, repeats):
-    """{name: [seconds, ...]} of `runs` ({name: fn}), timed A B A B ..."""
-    times = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def interleaved_medians(runs, repeats):
-    """{name: median seconds} of `runs` ({name: fn}), timed A B A B ..."""
-    return {name: statistics.median(t) for name, t in interleaved_times(runs, repeats).items()}
 
 
 def fit_step_ratio(jit, repeats, instances=3):
@@ -95,28 +81,6 @@ def fit_step_ratio(jit, repeats, instances=3):
     per_model = {name: [round(1e3 * statistics.median(ts) / FIT_STEPS, 2)
                         for (n, _), ts in times.items() if n == name] for name in optimizers}
     return medians["rmda"] / medians["sgd"], medians, per_model
-
-
-def big_variable_set():
-    """~25M parameters: VGG/AlexNet-like conv and dense kernels plus biases."""
-    shapes = [
-        ((3, 3, 256, 512), kr.groups.InputChannels()),
-        ((3, 3, 512, 512), kr.groups.InputChannels()),
-        ((3, 3, 512, 512), kr.groups.InputChannels()),
-        ((4096, 4096), kr.groups.InputUnits()),
-        ((4096, 1000), kr.groups.InputUnits()),
-        ((512,), None),
-        ((4096,), None),
-    ]
-    rng = np.random.default_rng(0)
-    variables = []
-    for i, (shape, grouping) in enumerate(shapes):
-        v = keras.Variable(
-            (0.01 * rng.standard_normal(size=shape)).astype("float32"), name=f"w{i}"
-        )
-        v.constraint = grouping
-        variables.append(v)
-    return variables
 
 
 def compiled_apply(optimizer, grads, variables, jit):
