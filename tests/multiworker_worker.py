@@ -28,19 +28,9 @@ SEED = 7
 
 def build_model():
     """The small CNN of the shared optimizer tests, weights drawn by numpy."""
-    import keras
-
-    import keras_rmda as kr
     import optimizer_cases as cases
 
-    model = cases.small_cnn()
-    rng = np.random.default_rng(0)
-    model.set_weights([rng.normal(scale=0.3, size=w.shape).astype("float32")
-                       for w in model.get_weights()])
-    optimizer = kr.RMDA(learning_rate=0.3, momentum=0.1, regularizer=kr.GroupLasso(2e-2),
-                        finalize=False)
-    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    return model
+    return cases.numpy_initialised_rmda(cases.small_cnn())
 
 
 def epoch_dataset(epoch):

@@ -82,3 +82,19 @@ def data(n=256, seed=0):
 def compile_model(model, optimizer, jit_compile=False):
     model.compile(optimizer, LOSS, jit_compile=jit_compile)
     return model
+
+
+def numpy_initialised_rmda(model):
+    """`model` with weights drawn by numpy, compiled with RMDA + GroupLasso.
+
+    Numpy, not Keras's initialisers, so that every process of a multi-worker
+    or resumed run starts from the same weights. `finalize=False`: the runs
+    compare optimizer state, which the prox point would not change.
+    """
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.normal(scale=0.3, size=w.shape).astype("float32")
+                       for w in model.get_weights()])
+    optimizer = kr.RMDA(learning_rate=0.3, momentum=0.1, regularizer=kr.GroupLasso(2e-2),
+                        finalize=False)
+    model.compile(optimizer, LOSS)
+    return model

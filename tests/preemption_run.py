@@ -35,7 +35,7 @@ class Interrupted(Exception):
 def build_model(dropout):
     import keras
 
-    import keras_rmda as kr
+    import optimizer_cases as cases
 
     layers = [keras.Input((8, 8, 5)), keras.layers.Conv2D(6, 3, activation="relu"),
               keras.layers.MaxPooling2D(), keras.layers.Flatten(),
@@ -43,13 +43,7 @@ def build_model(dropout):
     if dropout:
         layers.append(keras.layers.Dropout(0.3, seed=5))
     model = keras.Sequential(layers + [keras.layers.Dense(3)])
-    rng = np.random.default_rng(0)
-    model.set_weights([rng.normal(scale=0.3, size=w.shape).astype("float32")
-                       for w in model.get_weights()])
-    optimizer = kr.RMDA(learning_rate=0.3, momentum=0.1, regularizer=kr.GroupLasso(2e-2),
-                        finalize=False)
-    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    return model
+    return cases.numpy_initialised_rmda(model)
 
 
 def epoch_stream(initial_epoch, seed=3):
