@@ -82,7 +82,7 @@ class PlainGraphFusion:
 
         Several calls, not one: each starts as soon as its gradients are
         ready, beside the rest of backprop (LeNet-5 `fit` step on 2 cores:
-        1.17× → 1.10× SGD's). At most `MAX_SMALL_CHUNKS` for the small
+        1.17–1.20× → 1.10–1.13× SGD's). At most `MAX_SMALL_CHUNKS` for the small
         variables, so a model of hundreds of variables compiles a handful of
         functions, not hundreds. A large variable has calls of its own.
         """
