@@ -8,7 +8,8 @@
 
 Repeats are interleaved (A B A B ...) in one run and the median ratio is
 printed; the fit timing times the steps inside `fit` (see `StepClock`), on
-several independent models per optimizer. The last line is `step_time_ratio <worst of the two modes>`.
+several independent models per optimizer. The last line is
+`step_time_ratio <worst of the two modes>`.
 
     python benchmarks/step_time.py [--repeats 7] [--instances 3] [--parts fit,update]
 """

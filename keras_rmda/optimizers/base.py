@@ -187,7 +187,8 @@ class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
         """Weight decay is folded into the gradient in `update_step`."""
 
     def update_step(self, gradient, variable, learning_rate):
-        """One variable's step: under XLA, under a strategy, on other backends."""
+        """One variable's step (under XLA, under a strategy, on other backends,
+        and in the compiled calls of `PlainGraphFusion` for small variables)."""
         index = self._get_variable_index(variable)
         # Inside XLA a select fuses into the update's pass while a conditional
         # would copy the slots through its outputs; in a plain graph a rarely

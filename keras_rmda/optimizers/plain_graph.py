@@ -82,9 +82,10 @@ class PlainGraphFusion:
 
         Several calls, not one: each starts as soon as its gradients are
         ready, beside the rest of backprop (LeNet-5 `fit` step on 2 cores:
-        1.17–1.20× → 1.10–1.13× SGD's). At most `MAX_SMALL_CHUNKS` for the small
-        variables, so a model of hundreds of variables compiles a handful of
-        functions, not hundreds. A large variable has calls of its own.
+        1.17–1.20× → 1.10–1.13× SGD's). At most `MAX_SMALL_CHUNKS` for the
+        small variables, so a model of hundreds of variables compiles a
+        handful of functions, not hundreds. A large variable has calls of
+        its own.
         """
         small = [i for i in indices if self._is_small(i)]
         per_chunk = max(1, -(-len(small) // MAX_SMALL_CHUNKS))
@@ -105,7 +106,7 @@ class PlainGraphFusion:
         if chunk not in self._fused_updates:
             variables = [self._trainable_variables[i] for i in chunk]  # one replica
             if self._is_small(chunk[0]):
-                update = _compile(self._whole_step(chunk, variables))
+                update = _compile(self._whole_step(variables))
             elif self._split_rule():
                 update = self._two_pass_update(chunk[0], variables[0])
             else:
@@ -113,11 +114,12 @@ class PlainGraphFusion:
             self._fused_updates[chunk] = update
         return self._fused_updates[chunk]
 
-    def _whole_step(self, indices, variables):
+    def _whole_step(self, variables):
+        # `update_step` as under a fully compiled train step: inside the
+        # compiled call it takes the branch-free stage start.
         def step(grads, learning_rate):
-            for index, variable, gradient in zip(indices, variables, grads):
-                self._start_stage_if_due(index, variable, branch_free=True)
-                self._update_variable(index, gradient, variable, learning_rate)
+            for variable, gradient in zip(variables, grads):
+                self.update_step(gradient, variable, learning_rate)
 
         return step
 
