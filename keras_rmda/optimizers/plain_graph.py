@@ -101,16 +101,16 @@ class PlainGraphFusion:
         accesses, not memory traffic. For a large variable the stage start
         and the fingerprint run in the plain graph around the rule (so the
         rule's pass writes nothing more), and a rule split into `slot_rule`
-        and `weight_rule` runs as two calls, see `_two_pass_update`.
+        and `weight_rule` runs as two calls, see `_two_pass_rule`.
         """
         if chunk not in self._fused_updates:
             variables = [self._trainable_variables[i] for i in chunk]  # one replica
             if self._is_small(chunk[0]):
                 update = _compile(self._whole_step(variables))
-            elif self._split_rule():
-                update = self._two_pass_update(chunk[0], variables[0])
             else:
-                update = self._rule_between_bookkeeping(chunk[0], variables[0])
+                index, variable = chunk[0], variables[0]
+                rule = self._two_pass_rule if self._split_rule() else self._one_pass_rule
+                update = self._between_bookkeeping(index, variable, rule(index, variable))
             self._fused_updates[chunk] = update
         return self._fused_updates[chunk]
 
@@ -123,13 +123,9 @@ class PlainGraphFusion:
 
         return step
 
-    def _rule_between_bookkeeping(self, index, variable):
-        def rule(gradient, learning_rate):
-            self._update_variable(
-                index, gradient, variable, learning_rate, record_fingerprint=False
-            )
-
-        compiled_rule = _compile(rule)
+    def _between_bookkeeping(self, index, variable, compiled_rule):
+        """A large variable's step: its compiled rule between the stage start
+        and the fingerprint, which run in the plain graph."""
 
         def step(grads, learning_rate):
             self._start_stage_if_due(index, variable, branch_free=False)
@@ -138,7 +134,15 @@ class PlainGraphFusion:
 
         return step
 
-    def _two_pass_update(self, index, variable):
+    def _one_pass_rule(self, index, variable):
+        def rule(gradient, learning_rate):
+            self._update_variable(
+                index, gradient, variable, learning_rate, record_fingerprint=False
+            )
+
+        return _compile(rule)
+
+    def _two_pass_rule(self, index, variable):
         """The slots first, then the weights from the STORED slots.
 
         So XLA neither recomputes the new slots nor copies the old ones to
@@ -157,13 +161,7 @@ class PlainGraphFusion:
             self._commit_if(finite, [(variable, self._constrain(index, new_weights))])
 
         slots, weights = _compile(update_slots), _compile(update_weights)
-
-        def step(grads, learning_rate):
-            self._start_stage_if_due(index, variable, branch_free=False)
-            weights(slots(grads[0], learning_rate))
-            self._record_fingerprint_of(index, variable)
-
-        return step
+        return lambda gradient, learning_rate: weights(slots(gradient, learning_rate))
 
     def _record_fingerprint_of(self, index, variable):
         # Read from the stored weights out here: inside, fingerprinting the
