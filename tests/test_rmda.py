@@ -92,6 +92,21 @@ def update_passes(request, monkeypatch):
     return request.param
 
 
+def test_many_small_variables_share_a_handful_of_compiled_calls():
+    """Each compiled call starts when its gradients exist, but a model of many
+    variables compiles at most `MAX_SMALL_CHUNKS` of them, covering every variable."""
+    variables = [keras.Variable(np.ones((4, 3), "float32"), name=f"w{i}") for i in range(20)]
+    optimizer = kr.RMDA(0.1, 1.0)
+    optimizer.build(variables)
+    optimizer.apply([np.ones((4, 3), "float32")] * 20, variables)
+    chunks = list(optimizer._fused_updates)
+    assert 1 < len(chunks) <= plain_graph.MAX_SMALL_CHUNKS
+    assert sorted(i for chunk in chunks for i in chunk) == list(range(20))
+    # First step, c = 1: W = W⁰ − η·√1·g/√1 = 1 − 0.1.
+    for v in variables:
+        np.testing.assert_allclose(_np(v), np.full((4, 3), 0.9), rtol=1e-6)
+
+
 def test_weights_changed_from_outside_start_a_new_stage(update_passes):
     v = _variable()
     optimizer = kr.RMDA(0.1, 0.1, regularizer=kr.GroupLasso(0.05))
