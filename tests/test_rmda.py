@@ -4,6 +4,7 @@ non-finite steps, weight decay, momentum convention, argument checks."""
 import warnings
 
 import keras
+from keras import ops
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -11,6 +12,7 @@ import tensorflow as tf
 import keras_rmda as kr
 from keras_rmda import groups
 from keras_rmda.optimizers import plain_graph
+from keras_rmda.optimizers.finite import all_finite
 
 rng = np.random.default_rng(3)
 
@@ -166,6 +168,23 @@ def test_non_finite_gradient_leaves_variable_and_state_unchanged(update_passes):
     bad[2, 1] = np.inf
     optimizer.apply([bad, bad * 0.0], [a, b])
     np.testing.assert_array_equal(_np(a), a_before)
+
+
+@pytest.mark.parametrize(
+    "entries, dtype, expected",
+    [
+        ([1.0, np.nan, 2.0], "float32", False),
+        ([1.0, np.inf, 2.0], "float32", False),
+        ([-np.inf, 1.0, np.inf], "float32", False),  # Inf − Inf is NaN, still caught
+        ([1e30] * 100, "float32", True),  # large but finite: the sum is 1e32
+        ([6e4] * 8, "float16", True),  # the sum overflows float16, not float32
+        ([1.0, np.inf], "float16", False),
+    ],
+)
+def test_non_finite_guard(entries, dtype, expected):
+    gradient = ops.convert_to_tensor(np.asarray(entries, dtype=dtype))
+    assert bool(all_finite(gradient)) is expected
+    assert bool(tf.function(all_finite, jit_compile=True)(gradient)) is expected
 
 
 def test_weight_decay_is_coupled_l2():

@@ -17,6 +17,7 @@ from keras import ops
 
 from keras_rmda import groups as groups_lib
 from keras_rmda import regularizers as regularizers_lib
+from keras_rmda.optimizers.finite import all_finite
 from keras_rmda.optimizers.fingerprint import fingerprint
 from keras_rmda.optimizers.fingerprint import fingerprint_size
 from keras_rmda.optimizers.fingerprint import fingerprints_differ
@@ -204,7 +205,7 @@ class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
         commits = slot_updates + [(variable, new_weights)]
         if record_fingerprint:
             commits.append((self._fingerprints[index], fingerprint(new_weights)))
-        self._commit_if(ops.all(ops.isfinite(gradient)), commits)
+        self._commit_if(all_finite(gradient), commits)
 
     def _prepare(self, index, gradient, variable, learning_rate):
         """The gradient in the variable's dtype with coupled weight decay, and η."""

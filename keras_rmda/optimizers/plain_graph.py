@@ -15,6 +15,7 @@ import math
 import keras
 from keras import ops
 
+from keras_rmda.optimizers.finite import all_finite
 from keras_rmda.optimizers.fingerprint import fingerprint
 
 # Weights from which a variable's update is decided by its memory traffic,
@@ -152,7 +153,7 @@ class PlainGraphFusion:
 
         def update_slots(gradient, learning_rate):
             gradient, rate = self._prepare(index, gradient, variable, learning_rate)
-            finite = ops.all(ops.isfinite(gradient))
+            finite = all_finite(gradient)
             self._commit_if(finite, self.slot_rule(index, variable, gradient, rate))
             return finite
 
