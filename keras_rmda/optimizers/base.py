@@ -4,9 +4,9 @@
 keeps it by variable index (under `tf.distribute` `update_step` receives raw
 `tf.Variable`s without `.constraint`). It folds `weight_decay` into the
 gradient, skips a variable's step when its gradient is not finite, commits
-the new values a subclass's update rule returns, and keeps a per-variable
-fingerprint (a small sample) of the last weights it wrote, so weights changed
-from outside can be noticed. A subclass implements `update_rule` (the rule
+the new values a subclass's update rule returns (to variables, or to entries
+of `tables`), and keeps a per-variable fingerprint (a small sample) of the
+last weights it wrote, so weights changed from outside can be noticed. A subclass implements `update_rule` (the rule
 only), or splits it into `slot_rule` and `weight_rule` (see `update_rule`).
 """
 
@@ -17,6 +17,7 @@ from keras import ops
 
 from keras_rmda import groups as groups_lib
 from keras_rmda import regularizers as regularizers_lib
+from keras_rmda.optimizers import tables
 from keras_rmda.optimizers.finite import all_finite
 from keras_rmda.optimizers.fingerprint import fingerprint
 from keras_rmda.optimizers.fingerprint import fingerprint_size
@@ -106,12 +107,9 @@ class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
             self.weight_decay is not None and self._use_weight_decay(v)
             for v in variables
         ]
-        self._fingerprints = [
-            self.add_variable(
-                (fingerprint_size(v.shape),), dtype=v.dtype, name=f"{_slot_name(v)}_fingerprint"
-            )
-            for v in variables
-        ]
+        self._fingerprints = tables.Table(
+            self, [(fingerprint_size(v.shape),) for v in variables], "fingerprints"
+        )
         self._fused_updates = {}
         self._warn_about_unclassified_kernels(variables)
 
@@ -223,7 +221,13 @@ class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
     def _commit_if(self, finite, commits):
         # Selecting on a scalar fuses into the update's single pass under XLA.
         for target, value in commits:
-            self.assign(target, ops.where(finite, value, ops.convert_to_tensor(target)))
+            self.assign(target, ops.where(finite, value, tables.read(target)))
+
+    def assign(self, variable, value):
+        """Keras's `assign`, which also sets a `tables.Entry`."""
+        if tables.is_entry(variable):
+            variable, value = variable.table, variable.table_with(value)
+        super().assign(variable, value)
 
     # --- stages: state a subclass resets at restart() and when due -------------
 
@@ -246,7 +250,7 @@ class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
             return
         if branch_free:
             for slot, value in self.stage_reset(index, variable):
-                self.assign(slot, ops.where(due, value, ops.convert_to_tensor(slot)))
+                self.assign(slot, ops.where(due, value, tables.read(slot)))
             return
         import tensorflow as tf
 
@@ -272,7 +276,7 @@ class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
         new_values = {id(slot): value for slot, value in slot_updates}
 
         def read(slot):
-            return new_values[id(slot)] if id(slot) in new_values else ops.convert_to_tensor(slot)
+            return new_values[id(slot)] if id(slot) in new_values else tables.read(slot)
 
         return self.weight_rule(index, variable, read), slot_updates
 
@@ -289,13 +293,13 @@ class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
 
     def changed_from_outside(self, index, variable):
         """True when `variable` no longer holds the weights this optimizer wrote."""
-        return fingerprints_differ(fingerprint(variable), self._fingerprints[index])
+        return fingerprints_differ(fingerprint(variable), self._fingerprints[index].read())
 
     def record_fingerprints(self, variables=None):
         """Accept the variables' current weights as written by this optimizer."""
         for variable in variables or self._trainable_variables:
             index = self._get_variable_index(variable)
-            self._fingerprints[index].assign(fingerprint(variable))
+            self.assign(self._fingerprints[index], fingerprint(variable))
 
     # --- end of fit ------------------------------------------------------------
 

@@ -11,6 +11,7 @@ dual average would otherwise pull them back towards the old W⁰.
 from keras import ops
 
 from keras_rmda.optimizers import base
+from keras_rmda.optimizers import tables
 from keras_rmda.optimizers.momentum import NewPointMomentum
 
 
@@ -33,14 +34,9 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
         self._initial_points, self._gradient_sums = self.add_optimizer_variables(
             variables, ["initial_point", "gradient_sum"]
         )
-        self._steps = [
-            self.add_variable((), name=f"{base._slot_name(v)}_stage_step")
-            for v in variables
-        ]
-        self._alphas = [
-            self.add_variable((), name=f"{base._slot_name(v)}_alpha")
-            for v in variables
-        ]
+        # t and α of every variable: one entry each of two shared vectors.
+        self._steps = tables.Table(self, [()] * len(variables), "stage_steps")
+        self._alphas = tables.Table(self, [()] * len(variables), "alphas")
 
     # --- stages ----------------------------------------------------------------
 
@@ -64,18 +60,18 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
             return
         for index, variable in enumerate(self._trainable_variables):
             for slot, value in self.stage_reset(index, variable):
-                slot.assign(value)
+                self.assign(slot, value)
         self.record_fingerprints()
 
     def stage_due(self, index, variable):
         """On the first step of a stage, or after the weights changed from outside."""
         return ops.logical_or(
-            ops.equal(self._steps[index], 0.0),
+            ops.equal(self._steps[index].read(), 0.0),
             self.changed_from_outside(index, variable),
         )
 
     def stage_state(self, index):
-        return self._steps[index], self._alphas[index], self._gradient_sums[index]
+        return self._steps[index].read(), self._alphas[index].read(), self._gradient_sums[index]
 
     # --- the prox point ----------------------------------------------------------
 

@@ -28,11 +28,13 @@ def fingerprint(w):
     All weights of a smaller tensor. Compared with `fingerprints_differ`, it
     notices any write that touches a sampled weight by more than rounding,
     which replacing the tensor always does; a change confined to unsampled
-    weights of a large tensor goes unnoticed.
+    weights of a large tensor goes unnoticed. In float32, so that every
+    variable's fingerprint fits one table (`tables.Table`): exact for
+    16-bit weights, rounded for float64 ones.
     """
     w = ops.reshape(ops.convert_to_tensor(w), (-1,))
     stride = -(-int(w.shape[0]) // FINGERPRINT_SAMPLES)
-    return w[::stride] if stride > 1 else w
+    return ops.cast(w[::stride] if stride > 1 else w, "float32")
 
 
 def fingerprint_size(shape):

@@ -13,8 +13,8 @@ per-variable `update_step` runs.
 import math
 
 import keras
-from keras import ops
 
+from keras_rmda.optimizers import tables
 from keras_rmda.optimizers.finite import all_finite
 from keras_rmda.optimizers.fingerprint import fingerprint
 
@@ -87,11 +87,16 @@ class PlainGraphFusion:
         small variables, so a model of hundreds of variables compiles a
         handful of functions, not hundreds. A large variable has calls of
         its own.
+
+        Last variables first: every call writes the shared `tables`, so the
+        calls run one after another in this order, which should be the
+        order backprop delivers the gradients in.
         """
         small = [i for i in indices if self._is_small(i)]
         per_chunk = max(1, -(-len(small) // MAX_SMALL_CHUNKS))
         chunks = [tuple(small[k : k + per_chunk]) for k in range(0, len(small), per_chunk)]
-        return chunks + [(i,) for i in indices if not self._is_small(i)]
+        chunks += [(i,) for i in indices if not self._is_small(i)]
+        return chunks[::-1]
 
     def _compiled_update(self, chunk):
         """The step of the variables `chunk`, built once and kept.
@@ -158,7 +163,7 @@ class PlainGraphFusion:
             return finite
 
         def update_weights(finite):
-            new_weights = self.weight_rule(index, variable, ops.convert_to_tensor)
+            new_weights = self.weight_rule(index, variable, tables.read)
             self._commit_if(finite, [(variable, self._constrain(index, new_weights))])
 
         slots, weights = _compile(update_slots), _compile(update_weights)

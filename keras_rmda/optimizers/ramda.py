@@ -55,8 +55,8 @@ class RAMDA(dual_averaging.DualAveragingOptimizer):
         finalize: set the model to its prox point when `fit` ends.
         **kwargs: the base optimizer arguments (see `ProximalOptimizer`).
 
-    State: three tensors per variable (W⁰, V, U), three scalars per
-    variable (t, α, fingerprint), and ε.
+    State: three tensors per variable (W⁰, V, U), its entries of the shared
+    t, α and fingerprint vectors (`optimizers.tables`), and ε.
 
     Reference:
         Z.-S. Huang, C.-p. Lee. Regularized Adaptive Momentum Dual Averaging
@@ -173,9 +173,9 @@ class RAMDA(dual_averaging.DualAveragingOptimizer):
         )
 
     def update_rule(self, index, variable, gradient, learning_rate):
-        step = self._steps[index] + 1.0
+        step = self._steps[index].read() + 1.0
         scale = ops.cast(learning_rate, "float32") * ops.sqrt(step)  # s = η·β
-        alpha = self._alphas[index] + scale
+        alpha = self._alphas[index].read() + scale
         scale_in_dtype = ops.cast(scale, variable.dtype)
         sums = self._gradient_sums[index] + scale_in_dtype * gradient
         squared_sums = self._squared_sums[index] + scale_in_dtype * ops.square(gradient)

@@ -46,8 +46,9 @@ class RMDA(dual_averaging.DualAveragingOptimizer):
             `global_clipnorm`, `weight_decay` (coupled L2), `loss_scale_factor`,
             `gradient_accumulation_steps`, `name`); `use_ema` is rejected.
 
-    State: two tensors per variable (W⁰, V) and three scalars (t, α and a
-    fingerprint of the last written weights).
+    State: two tensors per variable (W⁰, V); its t, α and a fingerprint of
+    the last written weights are entries of three shared vectors
+    (`optimizers.tables`).
 
     Reference:
         Z.-S. Huang, C.-p. Lee. Training Structured Neural Networks Through
@@ -83,11 +84,11 @@ class RMDA(dual_averaging.DualAveragingOptimizer):
         return self.prox(index, z, alpha / beta)
 
     def slot_rule(self, index, variable, gradient, learning_rate):
-        step = self._steps[index] + 1.0
+        step = self._steps[index].read() + 1.0
         scale = ops.cast(learning_rate, "float32") * ops.sqrt(step)  # s = η·β
         return [
             (self._steps[index], step),
-            (self._alphas[index], self._alphas[index] + scale),
+            (self._alphas[index], self._alphas[index].read() + scale),
             (self._gradient_sums[index],
              self._gradient_sums[index] + ops.cast(scale, variable.dtype) * gradient),
         ]
