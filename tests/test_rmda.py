@@ -129,6 +129,24 @@ def test_weights_changed_from_outside_start_a_new_stage(update_passes):
     np.testing.assert_allclose(_np(v), _np(fresh_v), atol=1e-7)
 
 
+def test_an_outside_write_restarts_only_that_variables_entries(update_passes):
+    # t and α of all variables share one vector each; a new stage for one
+    # variable must leave the other entries alone.
+    a, b, c = _variable(name="a"), _variable(name="b"), _variable(name="c")
+    optimizer = kr.RMDA(0.1, 0.1, regularizer=kr.GroupLasso(0.05))
+    optimizer.build([a, b, c])
+    for _ in range(3):
+        optimizer.apply([rng.normal(size=a.shape).astype("float32")] * 3, [a, b, c])
+    alphas_before = _np(optimizer._alphas.variable).copy()
+    b.assign(rng.normal(size=b.shape).astype("float32"))
+    optimizer.apply([rng.normal(size=a.shape).astype("float32")] * 3, [a, b, c])
+    np.testing.assert_array_equal(_np(optimizer._steps.variable), [4.0, 1.0, 4.0])
+    alphas = _np(optimizer._alphas.variable)
+    # η·√4 added to a's and c's α; b's restarted at η·√1.
+    np.testing.assert_allclose(alphas[[0, 2]], alphas_before[[0, 2]] + 0.1 * 2.0, rtol=1e-6)
+    np.testing.assert_allclose(alphas[1], 0.1, rtol=1e-6)
+
+
 @pytest.mark.parametrize("how", ["set_weights", "load_weights"])
 def test_weights_loaded_after_build_are_not_pulled_back(tmp_path, how):
     model = _small_model(finalize=False)
