@@ -14,6 +14,7 @@ implements `solve(index, variable, d, da, learning_rate)` with
 from keras import ops
 
 from keras_rmda.optimizers import base
+from keras_rmda.optimizers import tables
 
 
 class AdaptiveProximalOptimizer(base.ProximalOptimizer):
@@ -39,14 +40,11 @@ class AdaptiveProximalOptimizer(base.ProximalOptimizer):
         self._first_moments, self._second_moments = self.add_optimizer_variables(
             variables, ["first_moment", "second_moment"]
         )
-        self._moment_steps = [
-            self.add_variable((), name=f"{base._slot_name(v)}_moment_step")
-            for v in variables
-        ]
+        self._moment_steps = tables.Table(self, [()] * len(variables), "moment_steps")
 
     def update_rule(self, index, variable, gradient, learning_rate):
         dtype = variable.dtype
-        step = self._moment_steps[index] + 1.0
+        step = self._moment_steps[index].read() + 1.0
         beta_1, beta_2 = ops.cast(self.beta_1, dtype), ops.cast(self.beta_2, dtype)
         first = beta_1 * self._first_moments[index] + (1.0 - beta_1) * gradient
         second = beta_2 * self._second_moments[index] + (1.0 - beta_2) * ops.square(gradient)

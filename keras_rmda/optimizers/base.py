@@ -6,8 +6,9 @@ keeps it by variable index (under `tf.distribute` `update_step` receives raw
 gradient, skips a variable's step when its gradient is not finite, commits
 the new values a subclass's update rule returns (to variables, or to entries
 of `tables`), and keeps a per-variable fingerprint (a small sample) of the
-last weights it wrote, so weights changed from outside can be noticed. A subclass implements `update_rule` (the rule
-only), or splits it into `slot_rule` and `weight_rule` (see `update_rule`).
+last weights it wrote, so weights changed from outside can be noticed. A
+subclass implements `update_rule` (the rule only), or splits it into
+`slot_rule` and `weight_rule` (see `update_rule`).
 """
 
 import warnings
@@ -353,6 +354,3 @@ class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
             )
         return super().from_config(config, custom_objects=custom_objects)
 
-
-def _slot_name(variable):
-    return str(getattr(variable, "path", variable.name)).replace("/", "_")
