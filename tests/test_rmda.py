@@ -147,6 +147,27 @@ def test_an_outside_write_restarts_only_that_variables_entries(update_passes):
     np.testing.assert_allclose(alphas[1], 0.1, rtol=1e-6)
 
 
+def test_restart_and_fingerprints_write_every_entry_or_only_the_named_ones():
+    a, b, c = _variable(name="a"), _variable(name="b"), _variable(name="c")
+    optimizer = kr.RMDA(0.1, 0.1, regularizer=kr.GroupLasso(0.05))
+    optimizer.build([a, b, c])
+    for _ in range(3):
+        optimizer.apply([rng.normal(size=a.shape).astype("float32")] * 3, [a, b, c])
+    recorded = _np(optimizer._fingerprints.variable).copy()
+    b.assign(_np(b) + 1.0)
+    optimizer.record_fingerprints([b])  # one entry: the others keep their values
+    after = [_np(optimizer._fingerprints[i].read()) for i in range(3)]
+    np.testing.assert_array_equal(after[1], _np(b).reshape(-1))
+    n = a.shape[0] * a.shape[1]
+    np.testing.assert_array_equal(after[0], recorded[:n])
+    np.testing.assert_array_equal(after[2], recorded[2 * n:])
+    optimizer.restart()  # every entry at once
+    np.testing.assert_array_equal(_np(optimizer._steps.variable), [0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(_np(optimizer._alphas.variable), [0.0, 0.0, 0.0])
+    weights = np.concatenate([_np(v).reshape(-1) for v in (a, b, c)])
+    np.testing.assert_array_equal(_np(optimizer._fingerprints.variable), weights)
+
+
 @pytest.mark.parametrize("how", ["set_weights", "load_weights"])
 def test_weights_loaded_after_build_are_not_pulled_back(tmp_path, how):
     model = _small_model(finalize=False)

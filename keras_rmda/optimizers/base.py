@@ -298,9 +298,10 @@ class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
 
     def record_fingerprints(self, variables=None):
         """Accept the variables' current weights as written by this optimizer."""
-        for variable in variables or self._trainable_variables:
-            index = self._get_variable_index(variable)
-            self.assign(self._fingerprints[index], fingerprint(variable))
+        tables.assign_all(self.assign, [
+            (self._fingerprints[self._get_variable_index(v)], fingerprint(v))
+            for v in variables or self._trainable_variables
+        ])
 
     # --- end of fit ------------------------------------------------------------
 

@@ -58,9 +58,11 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
         """
         if not self.built:
             return
-        for index, variable in enumerate(self._trainable_variables):
-            for slot, value in self.stage_reset(index, variable):
-                self.assign(slot, value)
+        tables.assign_all(self.assign, [
+            pair
+            for index, variable in enumerate(self._trainable_variables)
+            for pair in self.stage_reset(index, variable)
+        ])
         self.record_fingerprints()
 
     def stage_due(self, index, variable):
