@@ -14,7 +14,6 @@ implements `solve(index, variable, d, da, learning_rate)` with
 from keras import ops
 
 from keras_rmda.optimizers import base
-from keras_rmda.optimizers import tables
 
 
 class AdaptiveProximalOptimizer(base.ProximalOptimizer):
@@ -40,7 +39,7 @@ class AdaptiveProximalOptimizer(base.ProximalOptimizer):
         self._first_moments, self._second_moments = self.add_optimizer_variables(
             variables, ["first_moment", "second_moment"]
         )
-        self._moment_steps = tables.Table(self, [()] * len(variables), "moment_steps")
+        self._moment_steps = self.add_table([()] * len(variables), "moment_steps")
 
     def update_rule(self, index, variable, gradient, learning_rate):
         dtype = variable.dtype

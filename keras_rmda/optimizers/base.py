@@ -108,8 +108,9 @@ class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
             self.weight_decay is not None and self._use_weight_decay(v)
             for v in variables
         ]
-        self._fingerprints = tables.Table(
-            self, [(fingerprint_size(v.shape),) for v in variables], "fingerprints"
+        self._tables = []
+        self._fingerprints = self.add_table(
+            [(fingerprint_size(v.shape),) for v in variables], "fingerprints"
         )
         self._fused_updates = {}
         self._warn_about_unclassified_kernels(variables)
@@ -144,6 +145,13 @@ class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
                 "mark them Unregularized() to silence this warning.",
                 stacklevel=3,
             )
+
+    def add_table(self, shapes, name):
+        """One optimizer variable holding an entry of `shapes[i]` for model
+        variable i (a `tables.Table`: small per-variable state)."""
+        table = tables.Table(self, shapes, name)
+        self._tables.append(table)
+        return table
 
     def add_hyperparameter(self, value, name):
         """A non-trainable scalar variable the traced step reads.
@@ -225,10 +233,15 @@ class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
             self.assign(target, ops.where(finite, value, tables.read(target)))
 
     def assign(self, variable, value):
-        """Keras's `assign`, which also sets a `tables.Entry`."""
+        """Keras's `assign`, which also sets a `tables.Entry` (`tables.write`)."""
         if tables.is_entry(variable):
-            variable, value = variable.table, variable.table_with(value)
-        super().assign(variable, value)
+            tables.write(super().assign, variable, value)
+        else:
+            super().assign(variable, value)
+
+    def held_table_writes(self):
+        """Context in which entry writes are held, then each table written once."""
+        return tables.held_writes(self._tables, self.assign)
 
     # --- stages: state a subclass resets at restart() and when due -------------
 

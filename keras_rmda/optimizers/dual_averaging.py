@@ -35,8 +35,8 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
             variables, ["initial_point", "gradient_sum"]
         )
         # t and α of every variable: one entry each of two shared vectors.
-        self._steps = tables.Table(self, [()] * len(variables), "stage_steps")
-        self._alphas = tables.Table(self, [()] * len(variables), "alphas")
+        self._steps = self.add_table([()] * len(variables), "stage_steps")
+        self._alphas = self.add_table([()] * len(variables), "alphas")
 
     # --- stages ----------------------------------------------------------------
 

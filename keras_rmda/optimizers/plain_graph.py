@@ -55,7 +55,11 @@ class PlainGraphFusion:
         # Overrides Keras's private `TFOptimizer._backend_update_step` (see the
         # module docstring).
         if not self._fuse_in_plain_graph():
-            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+            if not self._one_replica():
+                return super()._backend_update_step(grads, trainable_variables, learning_rate)
+            # One program runs every variable's rule (XLA, or another backend).
+            with self.held_table_writes():
+                return super()._backend_update_step(grads, trainable_variables, learning_rate)
         import tensorflow as tf
 
         learning_rate = tf.convert_to_tensor(learning_rate)
@@ -68,11 +72,18 @@ class PlainGraphFusion:
             self._compiled_update(chunk)([gradients[i] for i in chunk], learning_rate)
 
     def _fuse_in_plain_graph(self):
-        if keras.backend.backend() != "tensorflow" or in_xla_context():
-            return False
+        # XLA on CPU cannot compile MirroredStrategy steps: replicas run plain ops.
+        return (
+            keras.backend.backend() == "tensorflow"
+            and not in_xla_context()
+            and self._one_replica()
+        )
+
+    def _one_replica(self):
+        if keras.backend.backend() != "tensorflow":
+            return True
         import tensorflow as tf
 
-        # XLA on CPU cannot compile MirroredStrategy steps: replicas run plain ops.
         return tf.distribute.get_strategy().num_replicas_in_sync == 1
 
     def _is_small(self, index):
@@ -124,8 +135,9 @@ class PlainGraphFusion:
         # `update_step` as under a fully compiled train step: inside the
         # compiled call it takes the branch-free stage start.
         def step(grads, learning_rate):
-            for variable, gradient in zip(variables, grads):
-                self.update_step(gradient, variable, learning_rate)
+            with self.held_table_writes():
+                for variable, gradient in zip(variables, grads):
+                    self.update_step(gradient, variable, learning_rate)
 
         return step
 
