@@ -104,6 +104,11 @@ def test_many_small_variables_share_a_handful_of_compiled_calls():
     chunks = list(optimizer._fused_updates)
     assert 1 < len(chunks) <= plain_graph.MAX_SMALL_CHUNKS
     assert sorted(i for chunk in chunks for i in chunk) == list(range(20))
+    # Last variables first (backprop's order); the first variables' call,
+    # which runs after backprop, is the smallest.
+    order = optimizer._update_chunks(tuple(range(20)))
+    assert [min(c) for c in order] == sorted((min(c) for c in order), reverse=True)
+    assert 0 in order[-1] and len(order[-1]) == min(len(c) for c in order)
     # First step, c = 1: W = W⁰ − η·√1·g/√1 = 1 − 0.1.
     for v in variables:
         np.testing.assert_allclose(_np(v), np.full((4, 3), 0.9), rtol=1e-6)
