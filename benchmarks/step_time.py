@@ -12,7 +12,7 @@ several independent models per optimizer. Each measurement runs in a
 process of its own. The last line is `step_time_ratio <worst of the two
 modes>`.
 
-    python benchmarks/step_time.py [--repeats 7] [--instances 3] [--parts fit,update]
+    python benchmarks/step_time.py [--repeats 7] [--instances 5] [--parts fit,update]
 """
 
 import argparse
@@ -70,7 +70,7 @@ class StepClock(keras.callbacks.Callback):
         return (self.ends[-1] - self.ends[0]) / (len(self.ends) - 1)
 
 
-def fit_step_ratio(jit, repeats, instances=3):
+def fit_step_ratio(jit, repeats, instances=5):
     """Median `fit` step time of RMDA over SGD, over `instances` models of each.
 
     Several independent models per optimizer, interleaved, so one model's
@@ -169,7 +169,7 @@ def in_fresh_process(part, jit, args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--instances", type=int, default=3,
+    parser.add_argument("--instances", type=int, default=5,
                         help="independent LeNet-5 models per optimizer in the fit timing")
     parser.add_argument("--parts", default="fit,update",
                         help="what to time, comma-separated: fit, update")
