@@ -38,7 +38,9 @@ def test_held_writes_are_read_back_then_stored_once_per_table():
     assign, written = _counting_assign(optimizer)
     with tables.held_writes([steps, alphas], assign):
         optimizer.assign(steps[0], 5.0)
-        optimizer.assign(steps[2], 7.0)
+        with tables.held_writes([steps, alphas], assign):  # nested: the outer block stores
+            optimizer.assign(steps[2], 7.0)
+        assert written == []
         optimizer.assign(steps[0], steps[0].read() + 1.0)  # reads the held 5
         optimizer.assign(alphas[1], 0.5)
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(steps.variable), [0, 0, 0])

@@ -94,7 +94,12 @@ def write(assign, entry, value):
 @contextlib.contextmanager
 def held_writes(tables, assign):
     """Within, `write`s to entries of `tables` are held (and read back by
-    `Entry.read`); on a normal exit each table is stored once, with `assign`."""
+    `Entry.read`); on a normal exit each table is stored once, with `assign`.
+    Nested inside another block for the same tables, it leaves the storing
+    to that block."""
+    if any(table.held is not None for table in tables):
+        yield
+        return
     for table in tables:
         table.held = {}
     try:
