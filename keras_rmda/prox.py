@@ -17,6 +17,17 @@ import math
 from keras import ops
 
 
+# XLA's CPU backend rewrites a sum over more than this many entries of the
+# last axis into a windowed reduction, which cannot fuse the ops that make
+# its input: z and z² would each be written to memory and read back.
+FUSED_SUM_SIZE = 32
+
+# From this many entries `group_norms` sums in runs; below, one more kernel
+# costs more than the traffic saved (LeNet-5's 400×120 and 120×84 kernels:
+# their compiled calls took 200 → 210 and 133 → 146 µs with runs).
+RUNS_MIN_SIZE = 2**16
+
+
 def group_norms(z, reduce_axes):
     """Euclidean norm of every group, keeping the reduced axes (size 1).
 
@@ -24,7 +35,22 @@ def group_norms(z, reduce_axes):
     Conv2D kernel `(kh, kw, in, out)` and `reduce_axes=(0, 1, 3)` there is one
     group per input channel.
     """
-    return ops.sqrt(ops.sum(ops.square(z), axis=reduce_axes, keepdims=True))
+    squares = ops.square(z)
+    rank = len(z.shape)
+    size = z.shape[-1] if rank else None
+    sums_last_axis = rank and rank - 1 in {axis % rank for axis in reduce_axes}
+    static = all(isinstance(d, int) for d in z.shape)
+    if sums_last_axis and static and size > FUSED_SUM_SIZE \
+            and math.prod(z.shape) >= RUNS_MIN_SIZE:
+        # Sum the last axis in runs of at most FUSED_SUM_SIZE first, so the
+        # squares are summed where they are made (update alone, 4096×4096
+        # kernel: 17.7 → 14.7 ms). `abs` is a no-op on the partial sums that
+        # keeps XLA from merging the two sums back into one.
+        run = max(d for d in range(1, FUSED_SUM_SIZE + 1) if size % d == 0)
+        if run > 1:
+            runs = ops.reshape(squares, tuple(z.shape[:-1]) + (size // run, run))
+            squares = ops.abs(ops.sum(runs, axis=-1))
+    return ops.sqrt(ops.sum(squares, axis=reduce_axes, keepdims=True))
 
 
 def group_lasso_scale(norms, threshold):
