@@ -137,7 +137,7 @@ def update_ratios(jit, repeats):
 
 
 def measure(part, jit, args):
-    """One measurement, printed as a line; returns (kind, jit, ratios)."""
+    """One measurement, printed as a line; returns its ratio (fit) or ratios (update)."""
     if part == "fit":
         ratio, medians, per_model = fit_step_ratio(jit, args.repeats, args.instances)
         per_step = {k: f"{1e3 * v:.2f} ms" for k, v in medians.items()}
