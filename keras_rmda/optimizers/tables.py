@@ -116,15 +116,12 @@ def held_writes(tables, assign):
 def assign_all(assign, pairs):
     """`assign(target, value)` for every pair, with ONE write per table for
     its entries (entry by entry, writing n entries would copy the table n
-    times: seconds for a restart of a model of a thousand variables)."""
-    per_table = {}
-    for target, value in pairs:
-        if is_entry(target):
-            per_table.setdefault(id(target.owner), (target.owner, {}))[1][target] = value
-        else:
+    times: seconds for a restart of a model of a thousand variables).
+    `assign` must route entries through `write`, as the optimizer's does."""
+    tables = list({id(t.owner): t.owner for t, _ in pairs if is_entry(t)}.values())
+    with held_writes(tables, assign):
+        for target, value in pairs:
             assign(target, value)
-    for table, values in per_table.values():
-        assign(table.variable, table.with_entries(values))
 
 
 def read(target):
