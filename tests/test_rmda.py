@@ -134,14 +134,19 @@ def test_weights_changed_from_outside_start_a_new_stage(update_passes):
     np.testing.assert_allclose(_np(v), _np(fresh_v), atol=1e-7)
 
 
+def _rmda_after_three_steps_on_three_variables():
+    variables = [_variable(name=name) for name in "abc"]
+    optimizer = kr.RMDA(0.1, 0.1, regularizer=kr.GroupLasso(0.05))
+    optimizer.build(variables)
+    for _ in range(3):
+        optimizer.apply([rng.normal(size=variables[0].shape).astype("float32")] * 3, variables)
+    return optimizer, variables
+
+
 def test_an_outside_write_restarts_only_that_variables_entries(update_passes):
     # t and α of all variables share one vector each; a new stage for one
     # variable must leave the other entries alone.
-    a, b, c = _variable(name="a"), _variable(name="b"), _variable(name="c")
-    optimizer = kr.RMDA(0.1, 0.1, regularizer=kr.GroupLasso(0.05))
-    optimizer.build([a, b, c])
-    for _ in range(3):
-        optimizer.apply([rng.normal(size=a.shape).astype("float32")] * 3, [a, b, c])
+    optimizer, (a, b, c) = _rmda_after_three_steps_on_three_variables()
     alphas_before = _np(optimizer._alphas.variable).copy()
     b.assign(rng.normal(size=b.shape).astype("float32"))
     optimizer.apply([rng.normal(size=a.shape).astype("float32")] * 3, [a, b, c])
@@ -153,11 +158,7 @@ def test_an_outside_write_restarts_only_that_variables_entries(update_passes):
 
 
 def test_restart_and_fingerprints_write_every_entry_or_only_the_named_ones():
-    a, b, c = _variable(name="a"), _variable(name="b"), _variable(name="c")
-    optimizer = kr.RMDA(0.1, 0.1, regularizer=kr.GroupLasso(0.05))
-    optimizer.build([a, b, c])
-    for _ in range(3):
-        optimizer.apply([rng.normal(size=a.shape).astype("float32")] * 3, [a, b, c])
+    optimizer, (a, b, c) = _rmda_after_three_steps_on_three_variables()
     recorded = _np(optimizer._fingerprints.variable).copy()
     b.assign(_np(b) + 1.0)
     optimizer.record_fingerprints([b])  # one entry: the others keep their values
