@@ -98,8 +98,10 @@ def load(name, split="train", batch_size=128, *, data_dir=None, download=False,
         data_dir: TFDS data directory (default: `$TFDS_DATA_DIR` or
             `~/tensorflow_datasets`).
         download: download and prepare the dataset when it is missing.
-        augment: the dataset's training augmentation; default: on for
-            "train" splits.
+        augment: apply the dataset's training augmentation (CIFAR: crop and
+            flip; ImageNet: random-resized crop and flip). Default: on for
+            "train" splits of datasets that have one; MNIST and
+            Fashion-MNIST have none, and `augment=True` on them raises.
         shuffle: default: on for "train" splits.
         seed: with the epoch index, fixes the order and the augmentation.
         epochs: None: one epoch, the one of index `initial_epoch`. An int:
@@ -112,7 +114,8 @@ def load(name, split="train", batch_size=128, *, data_dir=None, download=False,
             (default `<data_dir>/downloads/manual`), for `download=True`.
 
     Raises:
-        ValueError: unknown dataset or bad argument.
+        ValueError: unknown dataset or bad argument (`augment=True` on a
+            dataset without augmentation among them).
         DatasetNotFoundError: the data is not in `data_dir` and download=False.
     """
     spec = info(name)
@@ -124,7 +127,10 @@ def load(name, split="train", batch_size=128, *, data_dir=None, download=False,
         raise ValueError(f"`epochs` must be an int > initial_epoch={initial_epoch}. "
                          f"Received: epochs={epochs!r}")
     training = split.startswith("train")
-    augment = training if augment is None else bool(augment)
+    if augment and spec.augmentation == "none":
+        raise ValueError(f"Dataset {name!r} has no training augmentation (the paper trains "
+                         f"it on the plain images). Received: augment={augment!r}")
+    augment = training and spec.augmentation != "none" if augment is None else bool(augment)
     shuffle = training if shuffle is None else bool(shuffle)
     raw = _tfds_load(name, split, data_dir, download, manual_dir)
     if limit is not None:

@@ -6,10 +6,7 @@ import tensorflow_datasets as tfds
 
 from keras_rmda import datasets
 
-MNIST_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                         "tensorflow_datasets")
-needs_mnist = pytest.mark.skipif(not os.path.isdir(os.path.join(MNIST_DIR, "mnist")),
-                                 reason="offline MNIST not present")
+from offline_data import MNIST_DIR, needs_mnist
 
 
 def _batches(dataset):
@@ -76,6 +73,36 @@ def test_offline_mnist_is_normalised_and_resumable():
                                   limit=1000))
     pixels = np.concatenate([x for x, _ in test])
     assert abs(pixels.mean()) < 0.1 and abs(pixels.std() - 1.0) < 0.1
+
+
+@needs_mnist
+def test_mnist_training_batches_are_the_plain_images_in_a_permuted_order():
+    # MNIST has no augmentation in the paper: a training epoch must be exactly
+    # the normalised raw images, shuffled (no crops, no flips).
+    raw = tfds.load("mnist", split="train[:300]", data_dir=MNIST_DIR, download=False,
+                    as_supervised=True, shuffle_files=False).batch(300)
+    images, labels = next(iter(tfds.as_numpy(raw)))
+    expected = (images.astype("float32") - 0.1307 * 255) / (0.3081 * 255)
+    batches = _batches(datasets.load("mnist", "train[:300]", batch_size=64,
+                                     data_dir=MNIST_DIR, seed=3))
+    x = np.concatenate([b[0] for b in batches])
+    y = np.concatenate([b[1] for b in batches])
+    order = [int(np.argmin(np.abs(expected - image).reshape(300, -1).max(1))) for image in x]
+    assert sorted(order) == list(range(300)) and order != list(range(300))
+    np.testing.assert_allclose(x, expected[order], rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(y, labels[order])
+    with pytest.raises(ValueError, match="'mnist' has no training augmentation"):
+        datasets.load("mnist", data_dir=MNIST_DIR, augment=True)
+
+
+def test_fashion_mnist_gets_no_augmentation_and_cifar_does_by_default():
+    with tfds.testing.mock_data(num_examples=4):
+        for name, augmented in (("fashion_mnist", False), ("cifar10", True)):
+            plain = _batches(datasets.load(name, batch_size=4, augment=False, shuffle=False))
+            default = _batches(datasets.load(name, batch_size=4, shuffle=False))
+            assert np.array_equal(plain[0][0], default[0][0]) is not augmented, name
+        with pytest.raises(ValueError, match="'fashion_mnist'.*Received: augment=True"):
+            datasets.load("fashion_mnist", augment=True)
 
 
 def test_data_dir_falls_back_to_the_environment(monkeypatch, tmp_path):
