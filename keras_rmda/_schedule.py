@@ -24,16 +24,19 @@ class StageSchedule(keras.callbacks.Callback):
     - sets the learning rate to `η₀ · lr_factor^n` (n = milestones passed);
     - sets the momentum c of `RMDA`/`RAMDA` by `momentum_rule`:
       - `"iclr"` (ICLR 2022 code): `c = min(c₀ / lr_factor^n, 1)`;
-      - `"ramda"` (RAMDA code, default): `c = c₀` until the last milestone,
-        then, per step, `c_k = min(c₀·√k, 1)`, k = 1, 2, ... counting the
-        steps since the last milestone;
+      - `"ramda"` (RAMDA code, default): `c = c₀` until the epoch before
+        the last milestone, then, per step, `c_k = min(c₀·√k, 1)` with
+        k = 2, 3, ... counting from the first step of that epoch (the
+        reference code tests `epoch + 1 >= last milestone` and increments
+        its counter before the first use, so c reaches 1 during the epoch
+        before the last restart and the last stage starts from it);
       - `None`: the momentum is left alone;
     - calls `optimizer.restart()` when the optimizer has one (W⁰ ← W, V ← 0,
       α ← 0, t ← 0). Optimizers without it (SGD, ProxSGD, ...) only get the
       learning rate; their momentum is never touched.
 
     **Resuming.** Nothing is accumulated across epochs: at every epoch begin
-    (and, in the last `"ramda"` stage, every batch begin) the learning rate
+    (and, once the `"ramda"` rule raises c, every batch begin) the learning rate
     and the momentum are *set* from `(η₀, c₀, epoch, step in epoch)`, and the
     restart happens exactly when the epoch index equals a milestone. So
     `fit(..., initial_epoch=k)` continues exactly like an uninterrupted run,
@@ -45,9 +48,10 @@ class StageSchedule(keras.callbacks.Callback):
     (the stage-0 values) explicitly. Step counts in the last `"ramda"` stage
     use the epoch length Keras knows (`steps_per_epoch` or the dataset's
     cardinality); if it is unknown they are counted during the first epoch.
+    With no milestones the schedule keeps η₀ and c₀ for the whole run.
 
     Args:
-        milestones: increasing positive epoch numbers.
+        milestones: increasing positive epoch numbers (may be empty).
         lr_factor: γ, multiplies the learning rate at each milestone (> 0).
         momentum_rule: `"ramda"`, `"iclr"` or None.
         learning_rate: η₀; defaults to the optimizer's value at first sight.
@@ -92,15 +96,20 @@ class StageSchedule(keras.callbacks.Callback):
         n = self.stage(epoch)
         if self.momentum_rule == "iclr":
             return min(self.momentum / self.lr_factor**n, 1.0)
-        if self.momentum_rule is None or n < len(self.milestones):
+        if self.momentum_rule is None or epoch < self._ramp_start():
             return self.momentum
         if steps_per_epoch is None:
             raise ValueError(
                 "StageSchedule(momentum_rule='ramda') needs the number of steps "
-                "per epoch in the last stage: pass `steps_per_epoch` to fit."
+                "per epoch from the epoch before the last milestone on: pass "
+                "`steps_per_epoch` to fit."
             )
-        k = (epoch - self.milestones[-1]) * steps_per_epoch + step + 1
+        k = (epoch - self._ramp_start()) * steps_per_epoch + step + 2
         return min(self.momentum * math.sqrt(k), 1.0)
+
+    def _ramp_start(self):
+        """0-based epoch from which the "ramda" rule raises c (never without milestones)."""
+        return self.milestones[-1] - 1 if self.milestones else math.inf
 
     # --- Keras hooks ----------------------------------------------------------
 
@@ -137,8 +146,8 @@ class StageSchedule(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         self._batches_this_epoch = batch + 1
         dual = self._dual_averaging()
-        if (dual is not None and self.momentum_rule == "ramda" and self.milestones
-                and self._epoch >= self.milestones[-1]):
+        if (dual is not None and self.momentum_rule == "ramda"
+                and self._epoch >= self._ramp_start()):
             dual.momentum = self._momentum(self._epoch, batch)
 
     def on_epoch_end(self, epoch, logs=None):

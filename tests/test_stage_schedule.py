@@ -65,16 +65,30 @@ def test_iclr_rule_learning_rate_momentum_and_restarts():
     assert [lr for lr, _ in spy.seen[:4]] == pytest.approx([0.1] * 4)
 
 
-def test_ramda_rule_grows_momentum_per_step_after_last_milestone():
-    optimizer = kr.RMDA(learning_rate=0.1, momentum=0.25)
+def test_ramda_rule_grows_momentum_per_step_from_the_epoch_before_the_last_milestone():
+    # As the reference code: from the epoch before the last restart, c_k =
+    # min(c0·sqrt(k), 1) with k = 2, 3, ... (its counter is raised before use).
+    optimizer = kr.RMDA(learning_rate=0.1, momentum=0.125)
     model = _model(optimizer)
     spy = _Spy()
-    _fit(model, 3, [StageSchedule([1, 2]), spy])
+    _fit(model, 4, [StageSchedule([1, 3]), spy])
     momenta = [c for _, c in spy.seen]
-    assert momenta[:8] == pytest.approx([0.25] * 8)  # fixed until the last milestone
-    expected = [min(0.25 * math.sqrt(k), 1.0) for k in range(1, 5)]
+    assert momenta[:8] == pytest.approx([0.125] * 8)  # 0-based epochs 0 and 1
+    expected = [min(0.125 * math.sqrt(k), 1.0) for k in range(2, 10)]
     assert momenta[8:] == pytest.approx(expected, rel=1e-6)
-    assert [lr for lr, _ in spy.seen[8:]] == pytest.approx([1e-3] * 4)
+    assert expected[-1] < 1.0 and momenta[-1] > momenta[-2]  # still rising in the last stage
+    assert [lr for lr, _ in spy.seen[8:]] == pytest.approx([0.01] * 4 + [1e-3] * 4)
+
+
+def test_no_milestones_keep_the_initial_learning_rate_and_momentum():
+    for rule in ("ramda", "iclr"):
+        schedule = StageSchedule([], momentum_rule=rule, learning_rate=0.1, momentum=0.2)
+        assert schedule.learning_rate_at(7) == pytest.approx(0.1)
+        assert schedule.momentum_at(7, 3, steps_per_epoch=10) == pytest.approx(0.2)
+    model = _model(kr.RMDA(learning_rate=0.1, momentum=0.2))
+    spy = _Spy()
+    _fit(model, 2, [StageSchedule([]), spy])
+    assert spy.seen == [pytest.approx((0.1, 0.2))] * 8
 
 
 def test_optimizers_without_restart_only_get_the_learning_rate():
