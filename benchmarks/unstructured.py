@@ -1,30 +1,37 @@
-"""Unstructured sparsity: RMDA + L1 vs gradual magnitude pruning on LeNet-5 / MNIST.
+"""Unstructured sparsity: RMDA + L1 against gradual magnitude pruning (GMP).
 
-    python benchmarks/unstructured.py [--train-size 12000] [--epochs 8] [--data-dir DIR]
+    python benchmarks/unstructured.py               # ~45 min on 2 CPU cores
+    python benchmarks/unstructured.py --quick       # ~5 min smoke run
 
-LeNet-5 small (6-16-120-84, `keras_rmda.models.lenet5`) on offline MNIST
-(TFDS, no download). By default a SUBSET: the first 12,000 training images
-and 5,000 test images, 8 epochs, batch 128 (about 10 minutes on 2 CPU
-cores); `--train-size 60000 --test-size 10000 --epochs 30` for the full run.
+LeNet-5 small (6-16-120-84, `keras_rmda.models.lenet5`) on all 60,000 MNIST
+training images (no augmentation, normalised as `keras_rmda.datasets` does),
+tested on the 10,000 test images. Both methods get the same budget, 20
+epochs of batch 128, and no fine-tuning phase (neither gets one):
 
-- RMDA (η 0.1, c 0.1) with L1 on every conv / dense kernel, λ swept over
-  `--lambdas`; for each target sparsity the most accurate run whose kernel
-  sparsity (at the prox point, where `fit` leaves the model) is at least the
-  target is reported.
-- GMP (Zhu & Gupta): SGD with momentum 0.9, η 0.03 (η 0.1 diverges here), every kernel pruned to
-  the target with the cubic schedule from the end of epoch 1 to 3/4 of
-  training, every quarter epoch.
+- RMDA (η 0.1, c 0.1) with L1 on every conv / dense kernel, the paper's
+  stage schedule (`StageSchedule`, milestones 10 and 15, γ = 0.1, "ramda"
+  momentum rule). For each target sparsity λ is searched until the kernel
+  sparsity of the final model is within ±0.5 point of the target: a
+  bracketing search in log λ (interpolating logit(sparsity) between the
+  bracket, kept inside its middle half, so it also works as a bisection);
+  every run, of any target, informs the others.
+- GMP (Zhu & Gupta 2017, `keras_rmda.pruning`): SGD with momentum 0.9, η 0.03
+  ÷ 10 at epochs 10 and 15; every kernel pruned to the target with the cubic
+  schedule from the end of epoch 1 to the end of epoch 10, every quarter
+  epoch; the mask then stays fixed while η decays (its recovery phase).
 
-Both use the same stage schedule (η ÷ 10 after 1/2 and 3/4 of the epochs;
-RMDA also restarts there). Prints a table and as its last line
-
-    unstructured rmda_acc_at_95 <a> gmp_acc_at_95 <b>
-
-(test accuracy as fractions; nan where the sparsity was not reached).
+Sparsity is counted over all conv / dense kernels of the final model (the
+model `fit` leaves, which RMDA finalises at its prox point), accuracy on the
+test set. Rows go to `benchmarks/results/unstructured.json`, the plot of
+accuracy against sparsity to `benchmarks/results/unstructured.png`. The last
+line reads `unstructured rmda_acc_at_95 <a> gmp_acc_at_95 <b>` (nan where the
+target was not reached within `--max-runs` RMDA runs per target).
 """
 
 import argparse
+import math
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -32,86 +39,158 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_rmda as kr  # noqa: E402
-from keras_rmda import callbacks, models, pruning  # noqa: E402
+from keras_rmda import callbacks, datasets, models, pruning  # noqa: E402
+
+import record  # noqa: E402
 
 TARGETS = (0.90, 0.95, 0.98)
-
-
-def load_mnist(data_dir, train_size, test_size):
-    import tensorflow_datasets as tfds
-
-    def arrays(split, size):
-        dataset = tfds.load("mnist", split=split, data_dir=data_dir, download=False,
-                            as_supervised=True).take(size).batch(size)
-        images, labels = next(iter(tfds.as_numpy(dataset)))
-        return images.astype("float32") / 255.0, labels.astype("int32")
-
-    return arrays("train", train_size), arrays("test", test_size)
+DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                "shared", "data", "tensorflow_datasets")
 
 
 def kernel_sparsity(model):
-    kernels = [layer.kernel for layer in model.layers if hasattr(layer, "kernel")]
-    values = [keras.ops.convert_to_numpy(k) for k in kernels]
+    """Share of exactly-zero weights over all conv / dense kernels."""
+    values = [keras.ops.convert_to_numpy(layer.kernel) for layer in model.layers
+              if hasattr(layer, "kernel")]
     return sum(int(np.count_nonzero(v == 0)) for v in values) / sum(v.size for v in values)
 
 
-def train(optimizer, data, epochs, batch_size, extra_callbacks=()):
-    (x, y), (x_test, y_test) = data
-    keras.utils.set_random_seed(0)
+def train(optimizer, data, settings, extra_callbacks=()):
+    """Fit LeNet-5; returns (test accuracy, kernel sparsity) of the final model."""
+    train_data, test_data, steps = data
+    keras.utils.set_random_seed(settings["seed"])
     model = models.lenet5()
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"], jit_compile=True)
-    milestones = [m for m in sorted({epochs // 2, (3 * epochs) // 4}) if 0 < m < epochs]
-    model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0,
-              callbacks=[callbacks.StageSchedule(milestones), *extra_callbacks])
-    _, accuracy = model.evaluate(x_test, y_test, verbose=0)
+                  metrics=["accuracy"])
+    model.fit(train_data, epochs=settings["epochs"], steps_per_epoch=steps, verbose=0,
+              callbacks=[callbacks.StageSchedule(settings["milestones"]), *extra_callbacks])
+    _, accuracy = model.evaluate(test_data, verbose=0)
     return float(accuracy), kernel_sparsity(model)
+
+
+def next_lambda(runs, target, tolerance):
+    """The next λ to try for `target`, or None when a run is within tolerance."""
+    if any(abs(r["sparsity"] - target) <= tolerance for r in runs):
+        return None
+    below = [r for r in runs if r["sparsity"] < target]
+    above = [r for r in runs if r["sparsity"] > target]
+    if not above:
+        return max(r["lambda"] for r in below) * 2.0
+    if not below:
+        return min(r["lambda"] for r in above) / 2.0
+    lo = max(below, key=lambda r: r["lambda"])
+    hi = min(above, key=lambda r: r["lambda"])
+    a, b = math.log(lo["lambda"]), math.log(hi["lambda"])
+    if not a < b:  # sparsity not monotone in λ at this resolution: bisect
+        return math.exp((a + b) / 2)
+    logit = lambda s: math.log(max(s, 1e-6) / max(1 - s, 1e-6))  # noqa: E731
+    share = (logit(target) - logit(lo["sparsity"])) / (logit(hi["sparsity"]) - logit(lo["sparsity"]))
+    return math.exp(a + min(max(share, 0.25), 0.75) * (b - a))
+
+
+def plot(rmda_runs, gmp_runs, path, settings):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for runs, label, marker in ((rmda_runs, "RMDA + L1 (each λ run)", "o"),
+                                (gmp_runs, "gradual magnitude pruning", "s")):
+        runs = sorted(runs, key=lambda r: r["sparsity"])
+        ax.plot([100 * r["sparsity"] for r in runs], [100 * r["accuracy"] for r in runs],
+                marker=marker, label=label)
+    for target in TARGETS:
+        ax.axvline(100 * target, color="0.85", lw=0.8, zorder=0)
+    ax.set_xlabel("kernel sparsity of the final model (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"LeNet-5 / MNIST, {settings['epochs']} epochs, milestones "
+                 f"{list(settings['milestones'])}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--train-size", type=int, default=12000)
-    parser.add_argument("--test-size", type=int, default=5000)
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lambdas", type=float, nargs="+", default=[4e-3, 8e-3, 1.5e-2, 3e-2])
+    parser.add_argument("--data-dir", default=os.environ.get("TFDS_DATA_DIR") or DEFAULT_DATA_DIR)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 12,000 / 2,000 images, 4 epochs, 2 runs per target")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--first-lambda", type=float, default=5e-3)
+    parser.add_argument("--max-runs", type=int, default=6, help="RMDA runs per target, at most")
+    parser.add_argument("--tolerance", type=float, default=0.005)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default="unstructured", help="results file name")
     args = parser.parse_args(argv)
-    data_dir = args.data_dir or "../shared/data/tensorflow_datasets"
-    data = load_mnist(data_dir, args.train_size, args.test_size)
-    steps_per_epoch = -(-args.train_size // args.batch_size)
+    limits = (12_000, 2_000) if args.quick else (None, None)
+    epochs = 4 if args.quick else args.epochs
+    settings = dict(epochs=epochs, milestones=(epochs // 2, (3 * epochs) // 4),
+                    seed=args.seed, limit_train=limits[0], limit_test=limits[1],
+                    tolerance=args.tolerance)
+    max_runs = 2 if args.quick else args.max_runs
+    train_data = datasets.load("mnist", "train", 128, data_dir=args.data_dir, seed=args.seed,
+                               epochs=epochs, limit=limits[0])
+    test_data = datasets.load("mnist", "test", 1000, data_dir=args.data_dir, limit=limits[1])
+    steps = datasets.steps_per_epoch(train_data, epochs)
+    data = (train_data, test_data, steps)
+    print(f"unstructured: LeNet-5 / MNIST, {steps} steps an epoch, {epochs} epochs", flush=True)
 
-    rmda_runs = []
-    for strength in args.lambdas:
-        optimizer = kr.RMDA(0.1, momentum=0.1, regularizer=kr.L1(strength))
-        accuracy, sparsity = train(optimizer, data, args.epochs, args.batch_size)
-        rmda_runs.append((strength, accuracy, sparsity))
-        print(f"rmda λ={strength:g}: accuracy {accuracy:.4f} sparsity {sparsity:.4f}", flush=True)
+    rows = []
 
-    gmp, rmda = {}, {}
+    def save(summary=None):
+        record.write(args.name, rows, summary, settings)
+
+    gmp_runs = []
     for target in TARGETS:
         schedule = pruning.GradualMagnitudePruning(
-            target, begin_step=steps_per_epoch, end_step=(3 * args.epochs * steps_per_epoch) // 4,
-            frequency=max(1, steps_per_epoch // 4))
-        gmp[target] = train(keras.optimizers.SGD(0.03, momentum=0.9), data, args.epochs,
-                            args.batch_size, [schedule])
-        print(f"gmp target {target:.2f}: accuracy {gmp[target][0]:.4f} "
-              f"sparsity {gmp[target][1]:.4f}", flush=True)
-        reached = [run for run in rmda_runs if run[2] >= target]
-        rmda[target] = max(reached, key=lambda run: run[1]) if reached else None
+            target, begin_step=steps, end_step=settings["milestones"][0] * steps,
+            frequency=max(1, steps // 4))
+        accuracy, sparsity = train(keras.optimizers.SGD(0.03, momentum=0.9), data, settings,
+                                   [schedule])
+        gmp_runs.append(dict(method="gmp", target=target, accuracy=accuracy, sparsity=sparsity))
+        rows.append(gmp_runs[-1])
+        print(f"gmp target {target:.2f}: accuracy {accuracy:.4f} sparsity {sparsity:.4f}",
+              flush=True)
+        save()
 
-    print(f"\nLeNet-5 small, MNIST subset {args.train_size}/{args.test_size}, "
-          f"{args.epochs} epochs: test accuracy at kernel sparsity ≥ target")
-    print(f"{'target':>7} {'RMDA+L1 acc':>12} {'(λ, sparsity)':>18} {'GMP acc':>8} {'sparsity':>9}")
+    rmda_runs = []
     for target in TARGETS:
-        run = rmda[target]
-        rmda_text = (f"{run[1]:>12.4f} {f'({run[0]:g}, {run[2]:.3f})':>18}" if run
-                     else f"{'nan':>12} {'not reached':>18}")
-        print(f"{target:>7.2f} {rmda_text} {gmp[target][0]:>8.4f} {gmp[target][1]:>9.4f}")
-    rmda_95 = rmda[0.95][1] if rmda[0.95] else float("nan")
-    gmp_95 = gmp[0.95][0] if gmp[0.95][1] >= 0.95 - 1e-3 else float("nan")
-    print(f"unstructured rmda_acc_at_95 {rmda_95:.4f} gmp_acc_at_95 {gmp_95:.4f}")
+        strength = (next_lambda(rmda_runs, target, args.tolerance) if rmda_runs
+                    else args.first_lambda)
+        tried = 0
+        while strength is not None and tried < max_runs:
+            optimizer = kr.RMDA(0.1, momentum=0.1, regularizer=kr.L1(strength))
+            accuracy, sparsity = train(optimizer, data, settings)
+            rmda_runs.append(dict(method="rmda_l1", target=target, **{"lambda": strength},
+                                  accuracy=accuracy, sparsity=sparsity))
+            rows.append(rmda_runs[-1])
+            tried += 1
+            print(f"rmda (for {target:.2f}) λ={strength:.5g}: accuracy {accuracy:.4f} "
+                  f"sparsity {sparsity:.4f}", flush=True)
+            save()
+            strength = next_lambda(rmda_runs, target, args.tolerance)
+
+    print(f"\nLeNet-5 small, MNIST {'subset' if args.quick else 'full'}, {epochs} epochs: test "
+          f"accuracy at kernel sparsity within ±{100 * args.tolerance:.1f} point of the target")
+    print(f"{'target':>7} {'RMDA+L1 acc':>12} {'λ':>9} {'sparsity':>9} {'GMP acc':>8} "
+          f"{'sparsity':>9}")
+    at = {}
+    for target, gmp in zip(TARGETS, gmp_runs):
+        near = [r for r in rmda_runs if abs(r["sparsity"] - target) <= args.tolerance]
+        best = max(near, key=lambda r: r["accuracy"]) if near else None
+        at[target] = (best["accuracy"] if best else float("nan"), gmp["accuracy"])
+        rmda_text = (f"{best['accuracy']:>12.4f} {best['lambda']:>9.3g} {best['sparsity']:>9.4f}"
+                     if best else f"{'nan':>12} {'-':>9} {'not reached':>9}")
+        print(f"{target:>7.2f} {rmda_text} {gmp['accuracy']:>8.4f} {gmp['sparsity']:>9.4f}")
+    plot(rmda_runs, gmp_runs, record.path(args.name, ".png"), settings)
+    summary = f"unstructured rmda_acc_at_95 {at[0.95][0]:.4f} gmp_acc_at_95 {at[0.95][1]:.4f}"
+    save(summary)
+    print(summary)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
