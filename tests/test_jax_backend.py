@@ -25,13 +25,16 @@ TESTS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
 def test_backend_neutral_suites_pass_on_jax_without_tensorflow():
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join([os.path.join(HERE, "without_tensorflow"), HERE]))
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                *[os.path.join(HERE, t) for t in TESTS]]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    # No timeout of its own: pytest-timeout is the hang guard; a loaded machine is
+    # only slower, never a failure.
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
     tail = (result.stdout + result.stderr)[-4000:]
     assert result.returncode == 0, tail
     assert " passed" in tail and "skipped" not in tail, tail
@@ -45,5 +48,5 @@ def test_import_needs_no_tensorflow():
             "assert not any(m.startswith('tensorflow') for m in sys.modules), 'tf imported'; "
             "print(keras_rmda.RMDA().name)")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                            text=True, timeout=120)
+                            text=True)
     assert result.returncode == 0 and result.stdout.strip() == "rmda", result.stderr[-2000:]
