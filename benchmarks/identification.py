@@ -22,6 +22,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from keras_rmda.experiments import planted  # noqa: E402
 
+import record  # noqa: E402
+
 
 def plot(results, path):
     import matplotlib
@@ -49,7 +51,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(planted.METHODS))
-    parser.add_argument("--out", default="benchmarks/results/identification.png")
+    parser.add_argument("--out", default=record.path("identification", ".png"))
     args = parser.parse_args(argv)
     results = planted.run_identification(methods=args.methods, epochs=args.epochs,
                                          seeds=tuple(args.seeds), log=print)
@@ -62,11 +64,15 @@ def main(argv=None):
     plot(results, args.out)
     print(f"plot: {args.out}")
     get = lambda m, k: results[m][k] if m in results else float("nan")  # noqa: E731
-    print(f"identification rmda_f1 {get('rmda', 'median_f1'):.3f} "
-          f"proxsgd_f1 {get('proxsgd', 'median_f1'):.3f} "
-          f"rmda_last_flip_epoch {get('rmda', 'median_last_flip_epoch'):g} "
-          f"proxsgd_last_flip_epoch {get('proxsgd', 'median_last_flip_epoch'):g} "
-          f"epochs {args.epochs}")
+    summary = (f"identification rmda_f1 {get('rmda', 'median_f1'):.3f} "
+               f"proxsgd_f1 {get('proxsgd', 'median_f1'):.3f} "
+               f"rmda_last_flip_epoch {get('rmda', 'median_last_flip_epoch'):g} "
+               f"proxsgd_last_flip_epoch {get('proxsgd', 'median_last_flip_epoch'):g} "
+               f"epochs {args.epochs}")
+    rows = [{"method": method, **{k: v for k, v in s.items() if k != "runs"}}
+            for method, s in results.items()]
+    record.write("identification", rows, summary, vars(args))
+    print(summary)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ import tensorflow as tf  # noqa: E402
 from keras_rmda.export import export_for_serving  # noqa: E402
 from keras_rmda.structure import structure_report  # noqa: E402
 
+import record  # noqa: E402
+
 WIDTHS = (64, 64, 128, 128, 256, 256)
 DEAD_SHARE = 0.8
 
@@ -132,8 +134,14 @@ def main():
     native_speedup = at_64["dense"] / at_64["native"]
     print(f"batch-1 speedup: slim {at_1['dense'] / at_1['slim']:.2f} "
           f"native {at_1['dense'] / at_1['native']:.2f}")
-    print(f"slim_speedup {slim_speedup:.2f} native_speedup {native_speedup:.2f} "
-          f"flop_ratio {flops['dense'] / flops['slim']:.2f}")
+    summary = (f"slim_speedup {slim_speedup:.2f} native_speedup {native_speedup:.2f} "
+               f"flop_ratio {flops['dense'] / flops['slim']:.2f}")
+    rows = [{"model": name, "params": params[name], "saved_model_bytes": sizes[name],
+             "flops": flops[name], "ms_batch_1": at_1[name] * 1e3,
+             "ms_batch_64": at_64[name] * 1e3} for name in ("dense", "slim", "native")]
+    record.write("slim_speed", rows, summary, dict(vars(args), widths=list(WIDTHS),
+                                                   kept=list(kept)))
+    print(summary)
 
 
 if __name__ == "__main__":

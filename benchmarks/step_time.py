@@ -33,6 +33,8 @@ import keras_rmda as kr  # noqa: E402
 from timing import big_variable_set  # noqa: E402
 from timing import interleaved_medians  # noqa: E402
 
+import record  # noqa: E402
+
 BATCH, FIT_STEPS = 128, 100
 
 
@@ -187,20 +189,27 @@ def main():
     results = {(part, jit): in_fresh_process(part, jit, args)
                for part in ("fit", "update") if part in parts for jit in (False, True)}
     update = {jit: r for (part, jit), r in results.items() if part == "update"}
-    if update:
-        report_update(update)
+    lines = report_update(update) if update else []
     step_ratios = [r for (part, _), r in results.items() if part == "fit"]
     if step_ratios:
-        print(f"step_time_ratio {max(step_ratios):.3f}")
+        lines.append(f"step_time_ratio {max(step_ratios):.3f}")
+        print(lines[-1])
+    rows = [{"part": part, "jit": jit, "ratios": r} for (part, jit), r in results.items()]
+    record.write("step_time", rows, lines[-1] if lines else None, vars(args))
 
 
 def report_update(update):
-    for jit in (False, True):
-        print(f"update_ratio jit={jit} group_lasso {update[jit]['group_lasso']:.3f} "
-              f"l1 {update[jit]['l1']:.3f}")
+    """Prints the update-alone ratios; returns the lines."""
+    lines = [f"update_ratio jit={jit} group_lasso {update[jit]['group_lasso']:.3f} "
+             f"l1 {update[jit]['l1']:.3f}" for jit in (False, True)]
     best = min((False, True), key=lambda j: update[j]["group_lasso"])
-    print(f"update_ratio group_lasso {update[best]['group_lasso']:.3f} "
-          f"l1 {update[best]['l1']:.3f}  (jit={best}, the faster path)")
+    lines.append(f"update_ratio group_lasso {update[best]['group_lasso']:.3f} "
+                 f"l1 {update[best]['l1']:.3f}  (jit={best}, the faster path)")
+    lines.append(f"update_ratio_jit group_lasso {update[True]['group_lasso']:.3f} "
+                 f"l1 {update[True]['l1']:.3f}")
+    for line in lines:
+        print(line)
+    return lines
 
 
 if __name__ == "__main__":
