@@ -1,5 +1,6 @@
 """StructureMonitor: flips and identification on a scripted weight sequence."""
 
+import json
 import os
 
 import keras
@@ -9,6 +10,7 @@ import tensorflow as tf
 
 import keras_rmda
 from keras_rmda import callbacks
+from keras_rmda import structure
 
 L = keras.layers
 
@@ -79,6 +81,40 @@ def test_driven_by_hand_without_fit():
         monitor.on_epoch_end(epoch, logs)
         assert logs["group_flips"] == _FLIPS[epoch]
         assert logs["identified_epoch"] == _CANDIDATES[epoch]
+
+
+def test_state_carries_flips_and_identification_across_a_resume():
+    # Epochs 1-3, then a new monitor restored from the JSON'd state does 4-6:
+    # the figures must be those of one uninterrupted fit.
+    model = _scripted_model()
+    x, y = np.ones((4, 4), "float32"), np.zeros((4, 2), "float32")
+    first = callbacks.StructureMonitor()
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[_ScriptedWeights(), first])
+    state = json.loads(json.dumps(first.get_state()))
+    second = callbacks.StructureMonitor()
+    second.set_state(state)
+    history = model.fit(x, y, initial_epoch=3, epochs=len(_SCRIPT), verbose=0,
+                        callbacks=[_ScriptedWeights(), second])
+    assert history.history["group_flips"] == _FLIPS[3:]
+    assert history.history["identified_epoch"] == _CANDIDATES[3:]
+    assert [h["epoch"] for h in second.history] == list(range(1, 7))
+    # Only the first fit after set_state continues; a later fit starts afresh.
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[_ScriptedWeights(), second])
+    assert [h["epoch"] for h in second.history] == [1]
+
+
+def test_measures_the_prox_point_that_fit_leaves():
+    # RMDA with c < 1: W differs from W̃; the monitor's last figures are those
+    # of the finalised model, measured with use_prox_point=False after fit.
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential([keras.Input((8,)), L.Dense(16, activation="relu"), L.Dense(1)])
+    model.compile(loss="mse", optimizer=keras_rmda.RMDA(
+        learning_rate=0.05, momentum=0.1, regularizer=keras_rmda.GroupLasso(0.2)))
+    x = np.random.default_rng(1).standard_normal((64, 8)).astype("float32")
+    monitor = callbacks.StructureMonitor()
+    history = model.fit(x, x[:, :1], epochs=3, batch_size=16, verbose=0, callbacks=[monitor])
+    final = structure.sparsities(model, use_prox_point=False)
+    assert history.history["group_sparsity"][-1] == final["group_sparsity"] > 0
 
 
 def test_count_flips():
