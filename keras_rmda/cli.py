@@ -5,18 +5,27 @@
                      [--strategy default|mirrored|multiworker]
     keras-rmda report runs/vgg19-cifar10-rmda/model.keras
     keras-rmda export runs/vgg19-cifar10-rmda/model.keras [--no-slim] [--base-dir D]
+                      [--dataset NAME | --normalized-input]
 
-Also `python -m keras_rmda ...`. Mistakes a user can make (unknown names,
-missing data, unreadable files, an output directory holding another run)
-end with one line on stderr and exit status 2; set KERAS_RMDA_DEBUG=1 to
-see the traceback instead.
+Also `python -m keras_rmda ...`. Mistakes a user can make (bad flag values,
+unknown names, missing data, unreadable files, an output directory holding
+another run) end with one line on stderr and exit status 2; a training run
+that diverges (non-finite loss or weights) stops with one line and exit
+status 1, keeping its last good checkpoint. Set KERAS_RMDA_DEBUG=1 to see
+the traceback instead.
+
+This module imports only the standard library and the pure-data
+`keras_rmda.presets` before the arguments are parsed; the commands import
+TensorFlow when they need it.
 """
 
 import argparse
 import json
+import math
 import os
 import sys
 
+from keras_rmda import presets
 
 STRATEGIES = ("default", "mirrored", "multiworker")
 
@@ -25,8 +34,15 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """Flag mistakes as one line naming the command, like every other user error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def _parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="keras-rmda",
         description="Structured-sparse training with RMDA (Huang & Lee, ICLR 2022).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -38,15 +54,17 @@ def _parser():
     demo.add_argument("--seed", type=int, default=0)
 
     train = commands.add_parser("train", help="train a preset of the paper")
-    train.add_argument("--preset", required=True, help="experiment, e.g. vgg19-cifar10")
+    train.add_argument("--preset", required=True,
+                       help=f"experiment: {', '.join(presets.EXPERIMENTS)}")
     train.add_argument("--optimizer", default="rmda",
-                       help="rmda, ramda, proxsgd, proxgen, proxssi or msgd")
+                       help=f"{', '.join(presets.OPTIMIZERS)} (default: %(default)s)")
     train.add_argument("--epochs", type=_positive_int)
-    train.add_argument("--milestones", type=_int_list,
-                       help="comma-separated epochs where a stage starts, e.g. 30,60")
+    train.add_argument("--milestones", type=_milestones,
+                       help="comma-separated epochs where a stage starts, e.g. 30,60, or "
+                       "'none' for a single stage")
     train.add_argument("--lambda", dest="strength", type=_non_negative_float,
-                       help="regularisation strength λ")
-    train.add_argument("--lr", type=_non_negative_float, help="learning rate")
+                       help="regularisation strength λ (finite, >= 0)")
+    train.add_argument("--lr", type=_non_negative_float, help="learning rate (finite, >= 0)")
     train.add_argument("--batch-size", type=_positive_int)
     train.add_argument("--dataset", help="train the preset's model on another dataset")
     train.add_argument("--data-dir", help="TFDS data directory (default: $TFDS_DATA_DIR "
@@ -60,7 +78,8 @@ def _parser():
     train.add_argument("--limit-train", type=_positive_int, help="use N training examples")
     train.add_argument("--limit-val", type=_positive_int, help="use N validation examples")
     train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None,
-                       help="Keras progress output (default: bar on a terminal)")
+                       help="Keras progress output: 0 none, 1 bar, 2 a line per epoch "
+                       "(default: 1 on a terminal, else 2)")
     train.add_argument("--strategy", choices=STRATEGIES, default="default",
                        help="tf.distribute strategy: mirrored (this machine's GPUs) or "
                        "multiworker (the cluster in $TF_CONFIG; run the same command on "
@@ -76,6 +95,12 @@ def _parser():
                         help="remove zero channels first (default: on)")
     export.add_argument("--base-dir", help="default: saved_models/<model name>")
     export.add_argument("--version", type=_positive_int, help="default: next free version")
+    export.add_argument("--dataset",
+                        help="serve raw pixels, normalised inside as DATASET's pipeline does "
+                        "(default: the dataset in run.json beside the model)")
+    export.add_argument("--normalized-input", action="store_true",
+                        help="serve the model's own normalised input: build no normalisation "
+                        "in (the default when no run.json is beside the model)")
     return parser
 
 
@@ -90,6 +115,9 @@ def main(argv=None):
         print("keras-rmda: interrupted (a train run continues with --resume).", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 (user errors become one line)
+        if not os.environ.get("KERAS_RMDA_DEBUG") and _is_divergence(error):
+            print(f"keras-rmda {args.command}: {_one_line(error)}", file=sys.stderr)
+            return 1
         if os.environ.get("KERAS_RMDA_DEBUG") or not _is_user_error(error):
             raise
         print(f"keras-rmda {args.command}: error: {_one_line(error)}", file=sys.stderr)
@@ -100,6 +128,11 @@ def _is_user_error(error):
     from keras_rmda.datasets import DatasetNotFoundError
 
     return isinstance(error, (CLIError, ValueError, OSError, DatasetNotFoundError))
+
+
+def _is_divergence(error):
+    train = sys.modules.get("keras_rmda._train")  # imported by any run that can diverge
+    return train is not None and isinstance(error, train.TrainingDiverged)
 
 
 def _one_line(error):
@@ -117,7 +150,6 @@ def _demo(args):
 
 def _train(args):
     from keras_rmda import _train as train
-    from keras_rmda import presets
 
     preset = presets.get_preset(args.preset, args.optimizer)
     changes = {
@@ -155,10 +187,40 @@ def _report(args):
 def _export(args):
     from keras_rmda.export import export_for_serving
 
+    if args.normalized_input and args.dataset:
+        raise CLIError("--dataset and --normalized-input exclude each other. Received: "
+                       f"--dataset {args.dataset}")
     model = load_model(args.model)
+    dataset = _export_dataset(args)
     base_dir = args.base_dir or os.path.join("saved_models", model.name)
-    path = export_for_serving(model, base_dir=base_dir, version=args.version, slim=args.slim)
-    print(f"Exported {'slim ' if args.slim else ''}'{model.name}' to {path}")
+    # export_for_serving prints the path and what the signature takes.
+    export_for_serving(model, base_dir=base_dir, version=args.version, slim=args.slim,
+                       input_normalization=dataset)
+
+
+def _export_dataset(args):
+    """The dataset whose normalisation `export` builds in, or None (normalised input)."""
+    if args.normalized_input:
+        return None
+    if args.dataset:
+        return args.dataset
+    run_json = os.path.join(os.path.dirname(os.path.abspath(args.model)), "run.json")
+    if not os.path.isfile(run_json):
+        print(f"No run.json beside '{args.model}': the signature takes the model's "
+              "normalised input, not raw pixels (pass --dataset NAME to build the "
+              "normalisation in).")
+        return None
+    try:
+        with open(run_json) as f:
+            dataset = json.load(f)["preset"]["dataset"]
+    except (OSError, ValueError, TypeError, KeyError):
+        dataset = None
+    if not isinstance(dataset, str):
+        raise CLIError(f"Cannot read the dataset from '{run_json}'; pass --dataset NAME or "
+                       "--normalized-input.")
+    print(f"Input normalisation of '{dataset}' (from {run_json}) built in; "
+          "--normalized-input leaves it out.")
+    return dataset
 
 
 _COMMANDS = {"demo": _demo, "train": _train, "report": _report, "export": _export}
@@ -190,8 +252,15 @@ def make_strategy(name):
 
 def load_model(path):
     """Load a `.keras` file, turning every failure into a one-line `CLIError`."""
+    import zipfile
+
     if not os.path.isfile(path):
         raise CLIError(f"No model file at '{path}'.")
+    # Keras answers "File not found" for a file that is not a zip archive.
+    if not zipfile.is_zipfile(path):
+        raise CLIError(f"Cannot read '{path}': the file exists but is not a Keras model "
+                       "(a .keras file is a zip archive; this one is truncated or of "
+                       "another format).")
     import keras
 
     import keras_rmda  # noqa: F401 (registers the optimizers, regularisers, groups)
@@ -199,7 +268,8 @@ def load_model(path):
     try:
         return keras.saving.load_model(path)
     except Exception as error:  # noqa: BLE001 (any reader failure means unreadable)
-        raise CLIError(f"Cannot read '{path}' as a Keras model: {_one_line(error)}") from None
+        raise CLIError(f"Cannot read '{path}': the file exists but is not a readable Keras "
+                       f"model: {_one_line(error)}") from None
 
 
 def _jsonable(value):
@@ -223,18 +293,24 @@ def _non_negative_float(text):
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+        value = math.nan
+    # inf and nan would only turn the weights into NaN during training.
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
     return value
 
 
-def _int_list(text):
+def _milestones(text):
+    """`30,60` -> (30, 60); `none` -> () (one stage); anything else is an error."""
+    if text.strip().lower() == "none":
+        return ()
+    message = (f"expected increasing positive epochs like 30,60 (or 'none'), got {text!r}")
     try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated epochs like 30,60, got {text!r}") from None
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:  # also '', ',' and '30,,60'
+        raise argparse.ArgumentTypeError(message) from None
+    if any(v < 1 for v in values) or any(a >= b for a, b in zip(values, values[1:])):
+        raise argparse.ArgumentTypeError(message)
     return values
 
 
