@@ -104,11 +104,20 @@ def _parser():
     return parser
 
 
+def parse_args(argv=None):
+    """The parsed command line (exits with the help text or a one-line mistake)."""
+    return _parser().parse_args(argv)
+
+
 def main(argv=None):
-    """Entry point of the `keras-rmda` console script; returns the exit status."""
+    """Runs one `keras-rmda` command; returns the exit status.
+
+    The console script enters through `keras_rmda_cli.main`, which parses the
+    arguments before TensorFlow is imported.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return _COMMANDS[args.command](args) or 0
     except KeyboardInterrupt:
