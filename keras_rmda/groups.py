@@ -1,33 +1,40 @@
 """Declarations of how a variable's weights are grouped.
 
 A grouping is a Keras constraint so that it travels with the layer through
-`get_config` and `.keras` files, but it never changes the weights: calling it
-returns them unchanged. The optimizers read it (in `build`) and their
-proximal step makes whole groups exactly zero.
+`get_config` and `.keras` files. The optimizers read it (in `build`) and
+their proximal step makes whole groups exactly zero.
 
     keras.layers.Conv2D(64, 3, kernel_constraint=InputChannels())
     keras.layers.Dense(10, kernel_constraint=InputUnits(strength=2.0))
 
 `strength` multiplies the regulariser's λ for that variable (per-layer λ).
 A group's weight in the group LASSO is √|g|, |g| its number of weights.
+A variable has one constraint, so a grouping carries any other constraint
+it needs, `InputUnits(constraint=keras.constraints.NonNeg())`, and applies
+it as that constraint alone would be; without one it leaves weights as
+they are.
 
 With `groups="auto"` (the optimizers' default) a variable without a grouping
 is classified from its path, and only when that is certain: the kernel of a
 layer with Keras's default name for `Dense` (`dense`, `dense_3`, ...) gets
 `InputUnits`, the kernel of a default-named `Conv1D/2D/3D` gets
-`InputChannels`, everything else is unregularised. `declare_auto(model)`
-attaches the same choices by layer *type* (so renamed layers, depthwise and
-transposed convolutions are covered too), for users who want to see and edit
-them.
+`InputChannels`, everything else is unregularised (the optimizers warn,
+naming every kernel so left out). `declare_auto(model)` attaches the same
+choices by layer *type* (so renamed layers, depthwise and transposed
+convolutions are covered too), for users who want to see and edit them.
 
-This module imports nothing of keras_rmda.
+This module imports nothing of keras_rmda but its `_checks`.
 """
 
 import dataclasses
+import functools
+import json
 import math
 import re
 
 import keras
+
+from keras_rmda import _checks
 
 _PACKAGE = "keras_rmda"
 
@@ -59,36 +66,76 @@ class VariableGroups:
 
 
 class Grouping(keras.constraints.Constraint):
-    """Base class: declares a grouping and leaves the weights unchanged."""
+    """Base class: declares a grouping and applies an optional inner constraint.
+
+    Args:
+        strength: multiplier (finite, >= 0) of the regulariser's λ for this
+            variable.
+        constraint: None or a Keras constraint (an instance, its name or its
+            config) that the variable also needs, e.g.
+            `keras.constraints.NonNeg()`. Calling the grouping applies it;
+            without one the grouping returns the weights unchanged.
+    """
 
     regularized = True
 
-    def __init__(self, strength=1.0):
-        if not isinstance(strength, (int, float)) or not strength >= 0:
-            raise ValueError(
-                f"`strength` must be a number >= 0. Received: strength={strength}"
-            )
-        self.strength = float(strength)
+    def __init__(self, strength=1.0, constraint=None):
+        self.strength = _checks.number("strength", strength, minimum=0.0)
+        self.constraint = _inner_constraint(constraint)
 
     def __call__(self, w):
-        return w
+        return w if self.constraint is None else self.constraint(w)
 
     def resolve(self, shape, name="variable"):
         """The `VariableGroups` of a variable of `shape`; ValueError if unfit."""
         raise NotImplementedError
 
     def get_config(self):
-        return {"strength": self.strength}
+        return {"strength": self.strength, "constraint": _serialized(self.constraint)}
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
+        config = {**self.get_config(), "constraint": self.constraint}
+        args = [f"{k}={_describe(v) if k == 'constraint' else repr(v)}"
+                for k, v in config.items() if v is not None]
+        return f"{type(self).__name__}({', '.join(args)})"
 
     def __eq__(self, other):
         return type(self) is type(other) and self.get_config() == other.get_config()
 
     def __hash__(self):
-        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
+        # The config holds the inner constraint's (unhashable) config dict.
+        config = json.dumps(self.get_config(), sort_keys=True, default=repr)
+        return hash((type(self).__name__, config))
+
+
+def _inner_constraint(constraint):
+    """The Keras constraint a grouping wraps (None for none); ValueError if unfit."""
+    if constraint is None:
+        return None
+    message = (
+        "`constraint` must be None or a Keras constraint other than a grouping "
+        "(an instance, its name or its config); a variable has one grouping. "
+        f"Received: constraint={constraint!r}"
+    )
+    try:
+        constraint = keras.constraints.get(constraint)
+    except (ValueError, TypeError):
+        raise ValueError(message) from None
+    if isinstance(constraint, Grouping) or not callable(constraint):
+        raise ValueError(message)
+    return constraint
+
+
+def _serialized(constraint):
+    return None if constraint is None else keras.saving.serialize_keras_object(constraint)
+
+
+def _describe(constraint):
+    """`NonNeg()`, `MaxNorm(max_value=2, axis=0)`: Keras constraints have no repr."""
+    get_config = getattr(constraint, "get_config", None)
+    config = get_config() if callable(get_config) else {}
+    args = ", ".join(f"{k}={v!r}" for k, v in config.items())
+    return f"{getattr(constraint, '__name__', type(constraint).__name__)}({args})"
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -98,22 +145,22 @@ class AlongAxis(Grouping):
     Args:
         axis: the axis indexing the groups (negative counts from the end).
         strength: multiplier of the regulariser's λ for this variable.
+        constraint: an inner Keras constraint (see `Grouping`).
     """
 
     _min_rank, _max_rank = 1, None
 
-    def __init__(self, axis, strength=1.0):
-        super().__init__(strength)
-        if not isinstance(axis, int):
-            raise ValueError(f"`axis` must be an int. Received: axis={axis!r}")
-        self.axis = axis
+    def __init__(self, axis, strength=1.0, constraint=None):
+        converted = _checks.as_number(axis)
+        if not isinstance(converted, int):
+            raise ValueError(f"`axis` must be an int. Received: axis={_checks.shown(axis)}")
+        super().__init__(strength, constraint)
+        self.axis = converted
 
     def resolve(self, shape, name="variable"):
         shape = tuple(int(d) for d in shape)
         rank = len(shape)
-        fits_rank = rank >= self._min_rank and (
-            self._max_rank is None or rank <= self._max_rank
-        )
+        fits_rank = self._min_rank <= rank <= (self._max_rank or rank)
         if not fits_rank or not -rank <= self.axis < rank:
             raise ValueError(
                 f"{self!r} does not fit variable '{name}' of shape {shape}: "
@@ -121,13 +168,8 @@ class AlongAxis(Grouping):
             )
         kept = self.axis % rank
         reduce_axes = tuple(a for a in range(rank) if a != kept)
-        return VariableGroups(
-            reduce_axes=reduce_axes,
-            kept_axis=kept,
-            num_groups=shape[kept],
-            group_size=math.prod(shape[a] for a in reduce_axes),
-            strength=self.strength,
-        )
+        group_size = math.prod(shape[a] for a in reduce_axes)
+        return VariableGroups(reduce_axes, kept, shape[kept], group_size, self.strength)
 
     def _expects(self):
         return f"it needs a variable with an axis {self.axis}"
@@ -142,14 +184,16 @@ class _KernelAxis(AlongAxis):
     _axis = None
     _kind = ""
 
-    def __init__(self, strength=1.0):
-        super().__init__(self._axis, strength)
+    def __init__(self, strength=1.0, constraint=None):
+        super().__init__(self._axis, strength, constraint)
 
     def _expects(self):
         return f"it groups {self._kind}"
 
     def get_config(self):
-        return {"strength": self.strength}
+        config = super().get_config()
+        del config["axis"]  # fixed by the class
+        return config
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -197,30 +241,30 @@ class Elementwise(Grouping):
     """Every weight is its own group (with `GroupLasso` this is L1)."""
 
     def resolve(self, shape, name="variable"):
-        shape = tuple(int(d) for d in shape)
-        return VariableGroups(
-            reduce_axes=(),
-            kept_axis=None,
-            num_groups=math.prod(shape),
-            group_size=1,
-            strength=self.strength,
-        )
+        num_weights = math.prod(int(d) for d in shape)
+        return VariableGroups((), None, num_weights, 1, self.strength)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Unregularized(Grouping):
-    """Excludes the variable from the regulariser (it is still trained)."""
+    """Excludes the variable from the regulariser (it is still trained).
+
+    Declaring it also silences `groups="auto"`'s warning about the kernel;
+    `constraint` is an inner Keras constraint as in `Grouping`.
+    """
 
     regularized = False
 
-    def __init__(self):
-        super().__init__(0.0)
+    def __init__(self, constraint=None):
+        super().__init__(0.0, constraint)
 
     def resolve(self, shape, name="variable"):
         return None
 
     def get_config(self):
-        return {}
+        config = super().get_config()
+        del config["strength"]  # nothing to scale
+        return config
 
 
 # --- the automatic choice ---------------------------------------------------
@@ -252,9 +296,20 @@ def auto_grouping(variable):
 
 
 def looks_like_kernel(variable):
-    """True for an unclassified variable a user probably meant to regularise."""
+    """True for a variable a user probably meant to regularise (a kernel)."""
     name = str(getattr(variable, "path", None) or variable.name).split("/")[-1]
     return len(variable.shape) >= 2 and "kernel" in name
+
+
+def left_out_by_auto(variable):
+    """True for a kernel `groups="auto"` leaves unregularised without being told to.
+
+    A non-grouping constraint (NonNeg, MaxNorm, ...) is no such declaration:
+    only a grouping, `Unregularized()` included, is.
+    """
+    if isinstance(getattr(variable, "constraint", None), Grouping):
+        return False
+    return looks_like_kernel(variable) and not auto_grouping(variable).regularized
 
 
 def grouping_of(variable, groups="auto"):
@@ -285,21 +340,21 @@ def validate_groups_argument(groups):
 
 
 def _declaration_for(layer):
-    """(attribute of the kernel, constraint attribute, grouping) or None."""
+    """(kernel attribute, constraint attribute, grouping(constraint=...)) or None."""
     L = keras.layers
     # Transposed kernels are (k..., out, in): the input channel is the last axis.
     transposed = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
     if isinstance(layer, transposed):
-        return "kernel", "kernel_constraint", AlongAxis(-1)
+        return "kernel", "kernel_constraint", functools.partial(AlongAxis, -1)
     depthwise = (L.DepthwiseConv1D, L.DepthwiseConv2D)
     if isinstance(layer, depthwise):
-        return "kernel", "depthwise_constraint", InputChannels()
+        return "kernel", "depthwise_constraint", InputChannels
     if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
-        return "depthwise_kernel", "depthwise_constraint", InputChannels()
+        return "depthwise_kernel", "depthwise_constraint", InputChannels
     if isinstance(layer, (L.Conv1D, L.Conv2D, L.Conv3D)):
-        return "kernel", "kernel_constraint", InputChannels()
+        return "kernel", "kernel_constraint", InputChannels
     if isinstance(layer, L.Dense):
-        return "kernel", "kernel_constraint", InputUnits()
+        return "kernel", "kernel_constraint", InputUnits
     return None
 
 
@@ -315,9 +370,11 @@ def declare_auto(model, overwrite=False):
     Convolutions get `InputChannels` (transposed ones group their last axis,
     which holds the input channels), depthwise kernels `InputChannels`,
     dense layers `InputUnits`. Embeddings, einsum and other kernels are left
-    alone. A layer's existing constraint is kept unless `overwrite=True`.
-    The model must be built. Returns `{variable path: grouping}` of what
-    was attached.
+    alone. A grouping already declared is kept unless `overwrite=True`; any
+    other constraint (NonNeg, MaxNorm, ...) is always kept, wrapped in the
+    grouping (`InputUnits(constraint=NonNeg())`), and `overwrite=True` keeps
+    the inner constraint of a grouping it replaces. The model must be built.
+    Returns `{variable path: grouping}` of what was attached.
     """
     if not model.built:
         raise ValueError(
@@ -329,12 +386,16 @@ def declare_auto(model, overwrite=False):
         declaration = _declaration_for(layer)
         if declaration is None:
             continue
-        kernel_attr, constraint_attr, grouping = declaration
+        kernel_attr, constraint_attr, grouping_class = declaration
         kernel = getattr(layer, kernel_attr, None)
         if kernel is None:
             continue
-        if getattr(kernel, "constraint", None) is not None and not overwrite:
-            continue
+        existing = getattr(kernel, "constraint", None)
+        if isinstance(existing, Grouping):
+            if not overwrite:
+                continue
+            existing = existing.constraint  # the user's own constraint stays
+        grouping = grouping_class(constraint=existing)
         grouping.resolve(kernel.shape, kernel.path)  # fails loudly if unfit
         kernel.constraint = grouping
         setattr(layer, constraint_attr, grouping)  # so get_config carries it

@@ -11,6 +11,7 @@ regularised, so the zeros it makes are exact. Each regulariser holds λ
 import keras
 from keras import ops
 
+from keras_rmda import _checks
 from keras_rmda import prox
 
 _PACKAGE = "keras_rmda"
@@ -26,11 +27,9 @@ class ProximalRegularizer:
     """
 
     def __init__(self, strength):
-        if not isinstance(strength, (int, float)) or not strength >= 0:
-            raise ValueError(
-                f"`strength` must be a number >= 0. Received: strength={strength}"
-            )
-        self.strength = float(strength)
+        # A non-finite λ would make the prox return nan, and training would
+        # carry on with nan weights.
+        self.strength = _checks.number("strength", strength, minimum=0.0)
 
     def threshold_scale(self, groups):
         """λ times the variable's strength multiplier."""

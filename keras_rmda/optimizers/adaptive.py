@@ -13,6 +13,8 @@ implements `solve(index, variable, d, da, learning_rate)` with
 
 from keras import ops
 
+from keras_rmda import _checks
+
 from keras_rmda.optimizers import base
 
 
@@ -24,13 +26,14 @@ class AdaptiveProximalOptimizer(base.ProximalOptimizer):
     """
 
     def __init__(self, learning_rate, beta_1, beta_2, epsilon, **kwargs):
+        # Checked before the base creates any state.
+        beta_1, beta_2 = (
+            _checks.number(name, value, minimum=0.0, maximum=1.0, open_maximum=True)
+            for name, value in (("beta_1", beta_1), ("beta_2", beta_2))
+        )
+        epsilon = _checks.number("epsilon", epsilon, minimum=0.0, open_minimum=True)
         super().__init__(learning_rate=learning_rate, **kwargs)
-        for name, value in (("beta_1", beta_1), ("beta_2", beta_2)):
-            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={value}")
-        if not isinstance(epsilon, (int, float)) or not epsilon > 0.0:
-            raise ValueError(f"`epsilon` must be > 0. Received: epsilon={epsilon}")
-        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
 
     def build(self, variables):
         if self.built:
@@ -73,10 +76,10 @@ class AdaptiveProximalOptimizer(base.ProximalOptimizer):
 
 
 def check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be an int >= 1. Received: {name}={value!r}")
+    """`value` as a Python int >= 1 (numpy ints too), else ValueError."""
+    return _checks.integer(name, value, minimum=1)
 
 
 def check_nonnegative(name, value):
-    if not isinstance(value, (int, float)) or not value >= 0.0:
-        raise ValueError(f"`{name}` must be >= 0. Received: {name}={value!r}")
+    """`value` as a finite Python float >= 0 (numpy scalars too), else ValueError."""
+    return _checks.number(name, value, minimum=0.0)

@@ -16,6 +16,7 @@ import warnings
 import keras
 from keras import ops
 
+from keras_rmda import _checks
 from keras_rmda import groups as groups_lib
 from keras_rmda import regularizers as regularizers_lib
 from keras_rmda.optimizers import tables
@@ -38,7 +39,8 @@ class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
     """Base class of optimizers with a proximal step for a regulariser.
 
     Args:
-        learning_rate: a float ≥ 0, a `LearningRateSchedule`, or a callable.
+        learning_rate: a finite float ≥ 0, a `LearningRateSchedule`, or a
+            callable; a number set later is checked the same way.
         regularizer: a `keras_rmda` regulariser (`GroupLasso`, `L1`,
             `NuclearNorm`) or None (plain training).
         groups: `"auto"` (default: the paper's grouping for kernels of
@@ -76,23 +78,24 @@ class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
                 "a group, so it would undo the structure the proximal step "
                 "makes. Received: use_ema=True"
             )
-        if isinstance(learning_rate, (int, float)) and not learning_rate >= 0:
-            raise ValueError(
-                "`learning_rate` must be >= 0. "
-                f"Received: learning_rate={learning_rate}"
-            )
+        learning_rate = _checks.learning_rate(learning_rate)
         groups_lib.validate_groups_argument(groups)
-        weight_decay = kwargs.get("weight_decay")
-        if weight_decay is not None and not weight_decay >= 0:
-            raise ValueError(
-                f"`weight_decay` must be >= 0. Received: weight_decay={weight_decay}"
-            )
-        if isinstance(learning_rate, int):
-            learning_rate = float(learning_rate)
+        kwargs = _checks.optimizer_kwargs(kwargs)
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.regularizer = regularizers_lib.get(regularizer)
         self.groups = groups
         self.finalize = bool(finalize)
+
+    @property
+    def learning_rate(self):
+        return self._get_current_learning_rate()
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate):
+        # Callbacks (ReduceLROnPlateau, LearningRateScheduler, StageSchedule)
+        # set it between steps: a nan there would silently ruin the weights.
+        learning_rate = _checks.learning_rate(learning_rate)
+        keras.optimizers.Optimizer.learning_rate.fset(self, learning_rate)
 
     # --- build: groups read once, kept by variable index ---------------------
 
@@ -122,27 +125,32 @@ class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
         if groups is not None and self.regularizer is not None:
             self.regularizer.check(variable.shape, groups, name)
         declared = getattr(variable, "constraint", None)
-        extra = None if isinstance(declared, groups_lib.Grouping) else declared
-        return groups, extra
+        # A grouping's inner constraint is applied as the bare one would be.
+        if isinstance(declared, groups_lib.Grouping):
+            declared = declared.constraint
+        return groups, declared
 
     def _warn_about_unclassified_kernels(self, variables):
         if self.regularizer is None or self.groups != "auto":
             return
+        # Every kernel left out, also those with a non-grouping constraint:
+        # NonNeg on a renamed layer is no sign the user meant no regulariser.
         unclassified = [
-            v.path
-            for v, g in zip(variables, self._variable_groups)
-            if g is None
-            and getattr(v, "constraint", None) is None
-            and groups_lib.looks_like_kernel(v)
+            v.path if getattr(v, "constraint", None) is None
+            else f"{v.path} (constraint {type(v.constraint).__name__})"
+            for v in variables
+            if groups_lib.left_out_by_auto(v)
         ]
         if unclassified:
             warnings.warn(
                 f"{type(self).__name__}: groups='auto' left these kernels "
                 f"unregularised because their layer type is not certain from "
                 f"the variable alone: {unclassified}. Declare a grouping "
-                "(kernel_constraint=keras_rmda.groups.InputChannels(), ...), "
-                "call keras_rmda.groups.declare_auto(model) before compile, or "
-                "mark them Unregularized() to silence this warning.",
+                "(kernel_constraint=keras_rmda.groups.InputChannels(), ...; "
+                "another constraint goes inside it: InputUnits(constraint="
+                "keras.constraints.NonNeg())), call keras_rmda.groups."
+                "declare_auto(model) before compile (it keeps such constraints), "
+                "or mark them Unregularized() to silence this warning.",
                 stacklevel=3,
             )
 

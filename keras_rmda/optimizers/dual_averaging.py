@@ -13,6 +13,7 @@ from keras import ops
 from keras_rmda.optimizers import base
 from keras_rmda.optimizers import tables
 from keras_rmda.optimizers.momentum import NewPointMomentum
+from keras_rmda.optimizers.momentum import check_momentum
 
 
 class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
@@ -24,6 +25,7 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
     """
 
     def __init__(self, learning_rate, momentum, **kwargs):
+        check_momentum(momentum)  # before the base creates any state
         super().__init__(learning_rate=learning_rate, **kwargs)
         self._add_momentum(momentum)
 

@@ -8,6 +8,8 @@ import warnings
 
 from keras import ops
 
+from keras_rmda import _checks
+
 
 class NewPointMomentum:
     """Mixin for a `keras.optimizers.Optimizer`: c as a non-trainable variable.
@@ -16,13 +18,13 @@ class NewPointMomentum:
     """
 
     def _add_momentum(self, momentum):
-        check_momentum(momentum)
+        received, momentum = momentum, check_momentum(momentum)
         if 0.9 <= momentum < 1.0:
             warnings.warn(
-                f"{type(self).__name__}(momentum={momentum}): here momentum is "
+                f"{type(self).__name__}(momentum={_checks.shown(received)}): here momentum is "
                 "the weight c of the NEW point (0.1 = heavy momentum, 1.0 = "
                 "none), the opposite of keras.optimizers.SGD's convention. "
-                f"{momentum} means almost no momentum; the paper uses 0.1.",
+                f"{_checks.shown(received)} means almost no momentum; the paper uses 0.1.",
                 stacklevel=4,
             )
         self._momentum = self.add_hyperparameter(momentum, "momentum")
@@ -34,17 +36,15 @@ class NewPointMomentum:
 
     @momentum.setter
     def momentum(self, value):
-        value = float(value)
-        check_momentum(value)
-        self._momentum.assign(value)
+        self._momentum.assign(check_momentum(value))
 
     def _momentum_config(self):
         return {"momentum": float(ops.convert_to_numpy(self._momentum))}
 
 
 def check_momentum(momentum):
-    if not isinstance(momentum, (int, float)) or not 0.0 < momentum <= 1.0:
-        raise ValueError(
-            "`momentum` (c, the weight of the new point) must be in (0, 1]. "
-            f"Received: momentum={momentum}"
-        )
+    """`momentum` as a float in (0, 1] (numpy scalars too), else ValueError."""
+    return _checks.number(
+        "momentum", momentum, minimum=0.0, maximum=1.0, open_minimum=True,
+        label="`momentum` (c, the weight of the new point)",
+    )

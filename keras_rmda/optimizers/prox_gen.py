@@ -73,8 +73,8 @@ class ProxGen(adaptive.AdaptiveProximalOptimizer):
         name="prox_gen",
         **kwargs,
     ):
-        adaptive.check_positive_int("max_inner_steps", max_inner_steps)
-        adaptive.check_nonnegative("inner_tol", inner_tol)
+        max_inner_steps = adaptive.check_positive_int("max_inner_steps", max_inner_steps)
+        inner_tol = adaptive.check_nonnegative("inner_tol", inner_tol)
         super().__init__(
             learning_rate=learning_rate,
             beta_1=beta_1,
@@ -86,7 +86,7 @@ class ProxGen(adaptive.AdaptiveProximalOptimizer):
             **kwargs,
         )
         self.max_inner_steps = max_inner_steps
-        self.inner_tol = float(inner_tol)
+        self.inner_tol = inner_tol
 
     def solve(self, index, variable, d, da, learning_rate):
         return inner_solvers.proximal_gradient_with_zero_test(

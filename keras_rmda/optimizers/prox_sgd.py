@@ -3,6 +3,7 @@ from keras import ops
 
 from keras_rmda.optimizers import base
 from keras_rmda.optimizers.momentum import NewPointMomentum
+from keras_rmda.optimizers.momentum import check_momentum
 
 
 @keras.saving.register_keras_serializable(package="keras_rmda")
@@ -50,6 +51,7 @@ class ProxSGD(NewPointMomentum, base.ProximalOptimizer):
         name="prox_sgd",
         **kwargs,
     ):
+        check_momentum(momentum)  # before the base creates any state
         super().__init__(
             learning_rate=learning_rate,
             regularizer=regularizer,

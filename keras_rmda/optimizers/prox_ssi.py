@@ -70,8 +70,8 @@ class ProxSSI(adaptive.AdaptiveProximalOptimizer):
         name="prox_ssi",
         **kwargs,
     ):
-        adaptive.check_positive_int("max_newton_steps", max_newton_steps)
-        adaptive.check_nonnegative("newton_tol", newton_tol)
+        max_newton_steps = adaptive.check_positive_int("max_newton_steps", max_newton_steps)
+        newton_tol = adaptive.check_nonnegative("newton_tol", newton_tol)
         super().__init__(
             learning_rate=learning_rate,
             beta_1=beta_1,
@@ -83,7 +83,7 @@ class ProxSSI(adaptive.AdaptiveProximalOptimizer):
             **kwargs,
         )
         self.max_newton_steps = max_newton_steps
-        self.newton_tol = float(newton_tol)
+        self.newton_tol = newton_tol
 
     def solve(self, index, variable, d, da, learning_rate):
         groups = self._variable_groups[index]

@@ -3,6 +3,8 @@ import functools
 import keras
 from keras import ops
 
+from keras_rmda import _checks
+
 from keras_rmda.optimizers import adaptive
 from keras_rmda.optimizers import dual_averaging
 from keras_rmda.optimizers import inner_solvers
@@ -79,16 +81,13 @@ class RAMDA(dual_averaging.DualAveragingOptimizer):
         name="ramda",
         **kwargs,
     ):
-        if not isinstance(epsilon, (int, float)) or not epsilon > 0.0:
-            raise ValueError(f"`epsilon` must be > 0. Received: epsilon={epsilon}")
-        adaptive.check_positive_int("max_inner_steps", max_inner_steps)
-        adaptive.check_nonnegative("inner_tol", inner_tol)
-        factor = restart_epsilon_factor
-        if not isinstance(factor, (int, float)) or not 0.0 < factor <= 1.0:
-            raise ValueError(
-                "`restart_epsilon_factor` must be in (0, 1]. "
-                f"Received: restart_epsilon_factor={factor}"
-            )
+        epsilon = _checks.number("epsilon", epsilon, minimum=0.0, open_minimum=True)
+        max_inner_steps = adaptive.check_positive_int("max_inner_steps", max_inner_steps)
+        inner_tol = adaptive.check_nonnegative("inner_tol", inner_tol)
+        factor = _checks.number(
+            "restart_epsilon_factor", restart_epsilon_factor,
+            minimum=0.0, maximum=1.0, open_minimum=True,
+        )
         super().__init__(
             learning_rate=learning_rate,
             momentum=momentum,
@@ -99,8 +98,8 @@ class RAMDA(dual_averaging.DualAveragingOptimizer):
             **kwargs,
         )
         self.max_inner_steps = max_inner_steps
-        self.inner_tol = float(inner_tol)
-        self.restart_epsilon_factor = float(factor)
+        self.inner_tol = inner_tol
+        self.restart_epsilon_factor = factor
         self._epsilon = self.add_hyperparameter(epsilon, "epsilon")
 
     @property
