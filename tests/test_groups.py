@@ -143,9 +143,9 @@ def _dense_model(constraint, name):
     ])
 
 
-def _fit(model, finalize=False):
-    # finalize=False: the prox point set at the end of fit is not passed
-    # through constraints, bare or wrapped alike.
+def _fit(model, finalize=True):
+    # finalize=True: the prox point fit leaves in the model satisfies the
+    # constraint too, bare or wrapped alike.
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 6)).astype("float32")
     y = (x[:, 0] > 0).astype("int32") + (x[:, 1] > 0).astype("int32")
@@ -217,7 +217,7 @@ def test_inner_constraint_survives_keras_save_and_load(tmp_path):
     np.testing.assert_allclose(keras.ops.convert_to_numpy(restored(w)),
                                keras.ops.convert_to_numpy(max_norm(w)), rtol=1e-6)
     # The loaded optimizer still applies it: every row norm stays <= 0.5.
-    rng = np.random.default_rng(1)  # (finalize=False: see _fit)
+    rng = np.random.default_rng(1)
     loaded.fit(rng.normal(size=(32, 6)).astype("float32"), rng.integers(0, 3, 32),
                epochs=1, verbose=0)
     rows = np.linalg.norm(keras.ops.convert_to_numpy(loaded.layers[0].kernel), axis=1)

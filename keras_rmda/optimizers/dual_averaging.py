@@ -87,6 +87,8 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
 
         Equals W at t = 0 (no step yet in the stage) and when the weights
         were changed from outside since the last step. Costs no memory.
+        The variable's other constraint (`NonNeg`, ...) applies to W̃ as to
+        every step's weights: the model `fit` leaves must satisfy it.
         """
         index = self._get_variable_index(variable)
         step, alpha, sums = self.stage_state(index)
@@ -96,7 +98,7 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
         )
         # Guard t = 0 against 0/0: that branch is discarded anyway.
         safe_step = ops.maximum(step, 1.0)
-        point = self.dual_prox(index, variable, safe_step, alpha, sums)
+        point = self._constrain(index, self.dual_prox(index, variable, safe_step, alpha, sums))
         return ops.where(live, point, ops.convert_to_tensor(variable))
 
     def get_config(self):
