@@ -3,8 +3,8 @@
     preset = keras_rmda.presets.get_preset("vgg19-cifar10", "rmda")
     optimizer = keras_rmda.presets.make_optimizer(preset)
 
-Values come from the authors' public code (ALGORITHMS.md, "Settings used by
-the reference experiments"). Where that table is silent this module chooses,
+Values come from the authors' public code (docs/algorithms.md, "Reference
+settings"). Where that table is silent this module chooses,
 and says so in the preset's `notes`:
 
 - MSGD: momentum 0.9 and weight decay 5e-4 (1e-4 on ImageNet) everywhere,

@@ -7,7 +7,7 @@ backend. For a function ψ and a threshold τ ≥ 0 the proximal operator is
     prox_{τψ}(z) = argmin_x ½‖x − z‖² + τ ψ(x).
 
 The optimizers call these maps with τ = (their step-dependent factor) · λ,
-where λ is the regulariser's strength; see `ALGORITHMS.md`.
+where λ is the regulariser's strength; see `docs/algorithms.md`.
 
 This module imports nothing of keras_rmda.
 """

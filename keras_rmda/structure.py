@@ -5,7 +5,7 @@
     report.as_dict()["total"]["group_sparsity"]
 
 Weights are read at the optimizer's prox point W̃ (where RMDA's structure
-lives, see ALGORITHMS.md) when the model has a built keras_rmda optimizer,
+lives, see docs/algorithms.md) when the model has a built keras_rmda optimizer,
 else from the variables. Groups are those the optimizer regularises:
 `keras_rmda.groups.grouping_of(variable, optimizer.groups)` ("auto" without
 a keras_rmda optimizer), so a declared grouping constraint always counts.

@@ -1,4 +1,4 @@
-"""Independent NumPy implementations of the baselines of ALGORITHMS.md.
+"""Independent NumPy implementations of the baselines of docs/algorithms.md.
 
 Float64, explicit loops over groups, written from the reference text; the
 subproblem solvers here (bisection for the group LASSO, the closed form for
@@ -167,7 +167,7 @@ class ProxSSI(_Adam):
 
 
 class RAMDA:
-    """RAMDA for one variable as ALGORITHMS.md states it (W̃ by proximal gradient)."""
+    """RAMDA for one variable as docs/algorithms.md states it (W̃ by proximal gradient)."""
 
     def __init__(self, w, momentum, strength, kind, kept_axis, epsilon=1e-6,
                  max_steps=100, tol=1e-8, epsilon_factor=0.1):

@@ -1,4 +1,4 @@
-"""An independent NumPy implementation of ALGORITHMS.md, for golden tests.
+"""An independent NumPy implementation of docs/algorithms.md, for golden tests.
 
 Written from the reference text, in float64, with explicit loops over
 groups; it shares no code with keras_rmda.
@@ -42,7 +42,7 @@ def make_prox(kind, kept_axis=None):
 
 
 class RMDA:
-    """RMDA for one variable, exactly as ALGORITHMS.md states it."""
+    """RMDA for one variable, exactly as docs/algorithms.md states it."""
 
     def __init__(self, w, momentum, strength, prox):
         self.c, self.lam, self.prox = momentum, strength, prox

@@ -171,7 +171,7 @@ def first_layer_kernel(model):
 # --- the identification study ----------------------------------------------------
 
 # Per method: the optimizer for a group-LASSO strength λ (each at its own
-# reference learning rate and momentum, ALGORITHMS.md) and the λ grid tried.
+# reference learning rate and momentum, docs/algorithms.md) and the λ grid tried.
 LAMBDA_GRID = (3e-3, 6e-3, 1e-2, 2e-2)
 
 

@@ -20,7 +20,7 @@ class ProxSGD(NewPointMomentum, base.ProximalOptimizer):
     Every iterate carries exact zeros, but the gradient noise does not
     vanish, so groups near the threshold keep flipping between zero and
     non-zero: proximal SGD does not identify the structure (see
-    ALGORITHMS.md).
+    docs/algorithms.md).
 
     **Momentum convention.** As in `RMDA`, `momentum` is c, the weight of
     the *new* gradient: 0.1 (the reference setting) is an exponential
