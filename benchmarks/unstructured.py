@@ -13,8 +13,9 @@ epochs of batch 128, and no fine-tuning phase (neither gets one):
   momentum rule). For each target sparsity λ is searched until the kernel
   sparsity of the final model is within ±0.5 point of the target: a
   bracketing search in log λ (interpolating logit(sparsity) between the
-  bracket, kept inside its middle half, so it also works as a bisection);
-  every run, of any target, informs the others.
+  bracket, kept inside its middle half, so it also works as a bisection;
+  before a bracket exists, a secant step in logit(sparsity) over log λ, by a
+  factor of 2 to 16); every run, of any target, informs the others.
 - GMP (Zhu & Gupta 2017, `keras_rmda.pruning`): SGD with momentum 0.9, η 0.03
   ÷ 10 at epochs 10 and 15; every kernel pruned to the target with the cubic
   schedule from the end of epoch 1 to the end of epoch 10, every quarter
@@ -29,6 +30,7 @@ target was not reached within `--max-runs` RMDA runs per target).
 """
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -63,6 +65,7 @@ def train(optimizer, data, settings, extra_callbacks=()):
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     model.fit(train_data, epochs=settings["epochs"], steps_per_epoch=steps, verbose=0,
+              shuffle=False,
               callbacks=[callbacks.StageSchedule(settings["milestones"]), *extra_callbacks])
     _, accuracy = model.evaluate(test_data, verbose=0)
     return float(accuracy), kernel_sparsity(model)
@@ -74,18 +77,31 @@ def next_lambda(runs, target, tolerance):
         return None
     below = [r for r in runs if r["sparsity"] < target]
     above = [r for r in runs if r["sparsity"] > target]
-    if not above:
-        return max(r["lambda"] for r in below) * 2.0
-    if not below:
-        return min(r["lambda"] for r in above) / 2.0
+    if not below or not above:  # no bracket yet: step out along the secant
+        side = above or below
+        nearest = sorted(side, key=lambda r: abs(_logit(r["sparsity"]) - _logit(target)))[:2]
+        factor = 0.5 if above else 2.0
+        if len(nearest) == 2 and nearest[0]["lambda"] != nearest[1]["lambda"]:
+            a, b = nearest
+            slope = ((_logit(a["sparsity"]) - _logit(b["sparsity"]))
+                     / (math.log(a["lambda"]) - math.log(b["lambda"])))
+            if slope > 0:  # sparsity grows with λ, as it should
+                step = (_logit(target) - _logit(a["sparsity"])) / slope
+                factor = math.exp(min(max(step, -math.log(16)), math.log(16)))
+                factor = min(factor, 0.5) if above else max(factor, 2.0)
+        return nearest[0]["lambda"] * factor
     lo = max(below, key=lambda r: r["lambda"])
     hi = min(above, key=lambda r: r["lambda"])
     a, b = math.log(lo["lambda"]), math.log(hi["lambda"])
     if not a < b:  # sparsity not monotone in λ at this resolution: bisect
         return math.exp((a + b) / 2)
-    logit = lambda s: math.log(max(s, 1e-6) / max(1 - s, 1e-6))  # noqa: E731
-    share = (logit(target) - logit(lo["sparsity"])) / (logit(hi["sparsity"]) - logit(lo["sparsity"]))
+    share = ((_logit(target) - _logit(lo["sparsity"]))
+             / (_logit(hi["sparsity"]) - _logit(lo["sparsity"])))
     return math.exp(a + min(max(share, 0.25), 0.75) * (b - a))
+
+
+def _logit(s):
+    return math.log(max(s, 1e-6) / max(1 - s, 1e-6))
 
 
 def plot(rmda_runs, gmp_runs, path, settings):
@@ -124,6 +140,8 @@ def main(argv=None):
     parser.add_argument("--tolerance", type=float, default=0.005)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="unstructured", help="results file name")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse the runs already in the results file (same settings)")
     args = parser.parse_args(argv)
     limits = (12_000, 2_000) if args.quick else (None, None)
     epochs = 4 if args.quick else args.epochs
@@ -139,12 +157,18 @@ def main(argv=None):
     print(f"unstructured: LeNet-5 / MNIST, {steps} steps an epoch, {epochs} epochs", flush=True)
 
     rows = []
+    if args.reuse and os.path.exists(record.path(args.name)):
+        with open(record.path(args.name)) as f:
+            previous = json.load(f)
+        if previous["settings"] == json.loads(json.dumps(settings)):
+            rows = previous["rows"]
+            print(f"reusing {len(rows)} runs of {record.path(args.name)}", flush=True)
 
     def save(summary=None):
         record.write(args.name, rows, summary, settings)
 
-    gmp_runs = []
-    for target in TARGETS:
+    gmp_runs = [r for r in rows if r["method"] == "gmp"]
+    for target in TARGETS[len(gmp_runs):]:
         schedule = pruning.GradualMagnitudePruning(
             target, begin_step=steps, end_step=settings["milestones"][0] * steps,
             frequency=max(1, steps // 4))
@@ -156,11 +180,11 @@ def main(argv=None):
               flush=True)
         save()
 
-    rmda_runs = []
+    rmda_runs = [r for r in rows if r["method"] == "rmda_l1"]
     for target in TARGETS:
         strength = (next_lambda(rmda_runs, target, args.tolerance) if rmda_runs
                     else args.first_lambda)
-        tried = 0
+        tried = sum(1 for r in rmda_runs if r["target"] == target)
         while strength is not None and tried < max_runs:
             optimizer = kr.RMDA(0.1, momentum=0.1, regularizer=kr.L1(strength))
             accuracy, sparsity = train(optimizer, data, settings)
