@@ -3,19 +3,30 @@
 Every channel of every tensor in the model's top-level graph is a *slot*.
 Layers that pass channels through unchanged (normalisation, elementwise
 activations, dropout, pooling, ...) give their output the same slots as
-their input; Flatten repeats its input's slots once per spatial position
-(channels_last: position p holds channel p mod C); Add and the other
-elementwise merges make the channels at the same index of all their inputs
-one slot (union-find); Concatenate lays its inputs' slots side by side.
+their input; so do channelwise convolutions (depthwise, or grouped with one
+channel per group), output channel k being made from input channel k alone;
+Flatten repeats its input's slots once per spatial position (channels_last:
+position p holds channel p mod C); Add, the other elementwise merges and
+elementwise `keras.ops` on symbolic tensors (`x + y`) make the channels at
+the same index of all their inputs one slot (union-find); Concatenate lays
+its inputs' slots side by side.
 
 A slot is *live* when any layer reads it: a convolution or dense layer
-reads input channel k when its kernel slice `kernel[..., k, :]` has a
-non-zero weight, any other layer (unknown ones included) reads every
-channel, and model outputs are read. Slots of model inputs and of outputs of
-layers that cannot be sliced are pinned live. Everything else is dead: no
-consumer depends on it, so it can be cut from its producers, from the
-normalisation layers on the way and from the (zero) kernel rows of its
-consumers without changing the model's outputs.
+(Dense on any rank: on a 4-D tensor it is a 1x1 convolution) reads input
+channel k when its kernel slice `kernel[..., k, :]` has a non-zero weight,
+any other layer (unknown ones included) reads every channel, and model
+outputs are read. Slots of model inputs and of outputs of layers that cannot
+be sliced are pinned live. Everything else is dead: no consumer depends on
+it, so it can be cut from its producers, from the normalisation layers on
+the way and from the (zero) kernel rows of its consumers without changing
+the model's outputs.
+
+LayerNormalization is one of the layers that read every channel: its mean
+and variance run over all of them, so dropping even an exactly-zero channel
+changes the statistics (the count) and every output. It is a barrier, and
+what lies between two barriers still slims (in a ConvNeXt or transformer
+block, the hidden units of the pointwise MLP whose rows in the second Dense
+are zero).
 
 Only the top-level graph is analysed; a nested model is an unknown layer.
 """
@@ -25,9 +36,12 @@ import math
 import keras
 import numpy as np
 
+from keras_rmda import _graph_walk
+
 L = keras.layers
 
 _CONVOLUTIONS = (L.Conv1D, L.Conv2D, L.Conv3D)
+_DEPTHWISE = (L.DepthwiseConv1D, L.DepthwiseConv2D)
 _PASS_THROUGH = (
     L.ReLU, L.LeakyReLU, L.ELU, L.Identity,
     L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
@@ -58,22 +72,67 @@ def _channels_last(layer):
     return getattr(layer, "data_format", "channels_last") == "channels_last"
 
 
-def layer_kind(layer):
-    """How channels flow through `layer`: one of "input", "producer",
-    "normalization", "pass", "flatten", "merge", "concat", "unknown".
+
+def _width(tensor):
+    """The size of the channel (last) axis; None when unknown or absent."""
+    return tensor.shape[-1] if len(tensor.shape) else None
+
+
+# `keras.ops` operations that act on each value alone (by class, where Keras
+# defines them): on symbolic tensors they are graph nodes of their own.
+_ELEMENTWISE_OPS = {
+    ("keras.src.ops.numpy", name)
+    for name in ("Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum",
+                 "Minimum", "Negative", "Abs", "Absolute", "Square", "Tanh")
+} | {
+    ("keras.src.ops.nn", name)
+    for name in ("Relu", "Relu6", "Sigmoid", "Silu", "Gelu", "Elu", "Selu", "LeakyRelu",
+                 "HardSigmoid", "HardSilu", "Softplus", "Softsign")
+}
+
+
+def _elementwise_op(call):
+    op = type(call.operation)
+    if (op.__module__, op.__name__) not in _ELEMENTWISE_OPS:
+        return False
+    arguments = call.node.arguments
+    constants = [
+        a for a in keras.tree.flatten((arguments.args, arguments.kwargs))
+        if not isinstance(a, keras.KerasTensor)
+    ]
+    # A constant array could broadcast over the channels: it would not be
+    # sliced with them. Python scalars are the same for every channel.
+    return all(isinstance(a, (bool, int, float, np.number)) or a is None for a in constants)
+
+
+def kind_of(call):
+    """How channels flow through a `_graph_walk.Call`: one of "producer",
+    "channelwise", "normalization", "pass", "flatten", "merge", "concat",
+    "unknown".
 
     Only exact Keras classes are recognised: a subclass may change `call`.
     """
+    if not call.is_layer:
+        return "merge" if _elementwise_op(call) else "unknown"
+    layer = call.operation
     kind = type(layer)
-    if kind is L.InputLayer:
-        return "input"
     plain = len(layer.weights) == (2 if getattr(layer, "use_bias", False) else 1)
+    in_width = _width(call.inputs[0]) if call.inputs else None
     if kind in _CONVOLUTIONS or kind is L.Dense:
-        sliceable = plain and _channels_last(layer) and getattr(layer, "groups", 1) == 1
-        return "producer" if sliceable else "unknown"
+        if not (plain and _channels_last(layer)):
+            return "unknown"
+        groups = getattr(layer, "groups", 1)
+        if groups == 1:
+            return "producer"
+        # One input channel per group and per filter: a depthwise convolution.
+        one_each = groups == layer.filters == in_width
+        return "channelwise" if one_each and _elementwise_activation(layer) else "unknown"
+    if kind in _DEPTHWISE:
+        fine = plain and _channels_last(layer) and layer.depth_multiplier == 1
+        return "channelwise" if fine and _elementwise_activation(layer) else "unknown"
     if kind is L.BatchNormalization:
         axis = layer.axis if isinstance(layer.axis, int) else tuple(layer.axis)
-        rank = len(layer.input.shape)
+        rank = len(call.inputs[0].shape)
         return "normalization" if axis in (-1, rank - 1, (rank - 1,), (-1,)) else "unknown"
     if kind in _PASS_THROUGH or kind is L.Activation:
         fine = _channels_last(layer) and _elementwise_activation(layer)
@@ -91,55 +150,39 @@ class ChannelPlan:
     """The outcome: which channels of each graph tensor survive slimming.
 
     Attributes:
-        steps: `(layer, kind)` for the model's non-input layers, in
-            topological order.
+        calls: `(call, kind)` for each `_graph_walk.Call` of the model's
+            graph (layers and `keras.ops` operations), in topological order.
+        steps: `(operation, kind)` of the same calls.
         inputs, outputs: the model's input / output KerasTensors.
     """
 
-    def __init__(self, steps, inputs, outputs, keep):
-        self.steps = steps
+    def __init__(self, calls, inputs, outputs, keep):
+        self.calls = calls
+        self.steps = [(call.operation, kind) for call, kind in calls]
         self.inputs = inputs
         self.outputs = outputs
         self._keep = keep
+        self._call_of_layer = {id(call.operation): call for call, _ in calls if call.is_layer}
 
     def keep(self, tensor):
-        """Boolean mask over the last axis of `tensor` (all True if untracked)."""
+        """Boolean mask over the last axis of `tensor` (all True if untracked);
+        None when that axis has no static size."""
         mask = self._keep.get(id(tensor))
         if mask is None:
-            return np.ones(tensor.shape[-1], dtype=bool)
+            width = _width(tensor)
+            return None if width is None else np.ones(width, dtype=bool)
         return mask
 
-    def kept_in(self, layer):
-        return self.keep(_first(layer.input))
+    def _call(self, layer_or_call):
+        if isinstance(layer_or_call, _graph_walk.Call):
+            return layer_or_call
+        return self._call_of_layer[id(layer_or_call)]
 
-    def kept_out(self, layer):
-        return self.keep(layer.output)
+    def kept_in(self, layer_or_call):
+        return self.keep(self._call(layer_or_call).inputs[0])
 
-
-def _first(structure):
-    return keras.tree.flatten(structure)[0]
-
-
-def _graph_steps(model):
-    """`(layer, kind)` of the model's top-level layers, topologically ordered."""
-    if not model.built or not getattr(model, "inputs", None):
-        raise ValueError(
-            f"Model '{model.name}' has no symbolic inputs: build it with a "
-            "keras.Input (Sequential or Functional) first."
-        )
-    steps = []
-    for layer in model.layers:
-        # Keras offers no public count of a layer's calls; a shared layer's
-        # `input`/`output` would describe only its first call.
-        if len(layer._inbound_nodes) != 1:
-            raise ValueError(
-                f"Layer '{layer.name}' is called {len(layer._inbound_nodes)} "
-                "times; channel analysis supports layers called once."
-            )
-        kind = layer_kind(layer)
-        if kind != "input":
-            steps.append((layer, kind))
-    return steps
+    def kept_out(self, layer_or_call):
+        return self.keep(self._call(layer_or_call).outputs[0])
 
 
 class _Slots:
@@ -185,57 +228,85 @@ def _static_size(shape):
 def plan_channels(model, value_of):
     """Analyse `model`'s graph; `value_of(variable)` gives a weight as numpy.
 
-    Returns a `ChannelPlan`. Raises ValueError when the model has no
-    symbolic graph or shares a layer between calls.
+    Returns a `ChannelPlan`. Raises ValueError (naming the layer) when the
+    model has no symbolic graph, shares a layer between calls, or has a
+    call whose channels cannot be followed.
     """
-    steps = _graph_steps(model)
+    calls = _graph_walk.model_calls(model)
     slots = _Slots()
-    of_tensor = {}  # id(KerasTensor) -> np.array of slot ids
+    of_tensor = {}  # id(KerasTensor) -> np.array of slot ids, None if untracked
 
-    def slots_of(tensor):
-        if id(tensor) not in of_tensor:  # a tensor we know nothing about
-            of_tensor[id(tensor)] = slots.new(tensor.shape[-1], live=True)
-        return of_tensor[id(tensor)]
+    def fresh(tensor, live):
+        width = _width(tensor)
+        of_tensor[id(tensor)] = None if width is None else slots.new(width, live=live)
 
     for tensor in model.inputs:
-        of_tensor[id(tensor)] = slots.new(tensor.shape[-1], live=True)
-
-    for layer, kind in steps:
-        ins = keras.tree.flatten(layer.input)
-        outs = keras.tree.flatten(layer.output)
-        in_slots = [slots_of(t) for t in ins]
-        if kind == "producer":
-            kernel = value_of(layer.kernel)
-            read = np.any(kernel != 0, axis=tuple(a for a in range(kernel.ndim) if a != kernel.ndim - 2))
-            slots.mark_live(in_slots[0][read])
-            # A channel-mixing activation makes every output depend on all.
-            of_tensor[id(outs[0])] = slots.new(
-                outs[0].shape[-1], live=not _elementwise_activation(layer)
-            )
-        elif kind in ("normalization", "pass") and outs[0].shape[-1] == ins[0].shape[-1]:
-            of_tensor[id(outs[0])] = in_slots[0]
-        elif kind == "flatten" and _static_size(ins[0].shape) is not None:
-            repeats = _static_size(ins[0].shape) // ins[0].shape[-1]
-            of_tensor[id(outs[0])] = np.tile(in_slots[0], repeats)
-        elif kind == "merge" and {len(s) for s in in_slots} == {outs[0].shape[-1]}:
-            for other in in_slots[1:]:
-                for a, b in zip(in_slots[0], other):
-                    slots.union(int(a), int(b))
-            of_tensor[id(outs[0])] = in_slots[0]
-        elif kind == "concat" and layer.axis in (-1, len(outs[0].shape) - 1):
-            of_tensor[id(outs[0])] = np.concatenate(in_slots)
-        else:  # unknown: reads everything, its outputs cannot be sliced
-            for s in in_slots:
-                slots.mark_live(s)
-            for t in outs:
-                of_tensor[id(t)] = slots.new(t.shape[-1], live=True)
+        fresh(tensor, live=True)
+    planned = []
+    for call in calls:
+        try:
+            kind = _propagate(call, kind_of(call), slots, of_tensor, fresh, value_of)
+        except Exception as error:  # a layer this analysis did not foresee
+            raise ValueError(
+                f"slim cannot follow the channels through "
+                f"{_graph_walk.describe(call.operation)}: {error}"
+            ) from error
+        planned.append((call, kind))
 
     for tensor in keras.tree.flatten(model.outputs):
-        slots.mark_live(slots_of(tensor))
+        if of_tensor[id(tensor)] is not None:
+            slots.mark_live(of_tensor[id(tensor)])
     # Keep one channel of a tensor that would lose all of them: Keras layers
     # cannot be zero wide, and the kept channel's consumers weigh it by zero.
     for tensor_slots in of_tensor.values():
-        if len(tensor_slots) and not slots.is_live(tensor_slots).any():
+        if tensor_slots is not None and len(tensor_slots) and not slots.is_live(tensor_slots).any():
             slots.mark_live(tensor_slots[:1])
-    keep = {key: slots.is_live(s) for key, s in of_tensor.items()}
-    return ChannelPlan(steps, list(model.inputs), keras.tree.flatten(model.outputs), keep)
+    keep = {key: slots.is_live(s) for key, s in of_tensor.items() if s is not None}
+    return ChannelPlan(planned, list(model.inputs), keras.tree.flatten(model.outputs), keep)
+
+
+def _propagate(call, kind, slots, of_tensor, fresh, value_of):
+    """Give `call`'s outputs their slots and mark the slots it reads live.
+
+    Returns the kind the call was treated as: "unknown" where its shapes do
+    not fit `kind` (slim then copies it unchanged, as the plan assumes).
+    """
+    ins = [of_tensor[id(t)] for t in call.inputs]
+    outs = call.outputs
+    out_width = _width(outs[0]) if len(outs) == 1 else None
+    if not ins or any(s is None for s in ins) or out_width is None:
+        kind = "unknown"  # a channel axis without a static size is not followed
+    layer = call.operation
+    if kind == "producer" and len(ins) == 1:
+        kernel = value_of(layer.kernel)
+        if kernel.shape[-2] != len(ins[0]):
+            raise ValueError(f"kernel {kernel.shape} does not match {len(ins[0])} input channels")
+        others = tuple(a for a in range(kernel.ndim) if a != kernel.ndim - 2)
+        read = np.any(kernel != 0, axis=others)
+        slots.mark_live(ins[0][read])
+        # A channel-mixing activation makes every output depend on all.
+        fresh(outs[0], live=not _elementwise_activation(layer))
+        return kind
+    if kind in ("normalization", "pass", "channelwise") and out_width == len(ins[0]):
+        of_tensor[id(outs[0])] = ins[0]
+        return kind
+    if kind == "flatten" and _static_size(call.inputs[0].shape) is not None:
+        repeats = _static_size(call.inputs[0].shape) // len(ins[0])
+        of_tensor[id(outs[0])] = np.tile(ins[0], repeats)
+        return kind
+    if kind == "merge" and {len(s) for s in ins} == {out_width}:
+        for other in ins[1:]:
+            for a, b in zip(ins[0], other):
+                slots.union(int(a), int(b))
+        of_tensor[id(outs[0])] = ins[0]
+        return kind
+    if kind == "concat" and layer.axis in (-1, len(outs[0].shape) - 1):
+        of_tensor[id(outs[0])] = np.concatenate(ins)
+        return kind
+    # Unknown: reads everything, its outputs cannot be sliced.
+    for s in ins:
+        if s is not None:
+            slots.mark_live(s)
+    for t in outs:
+        fresh(t, live=True)
+    return "unknown"

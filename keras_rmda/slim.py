@@ -4,17 +4,23 @@
 
 A channel is removed when no layer reads it: every convolution / dense
 consumer has an all-zero input group for it (through BatchNormalization,
-elementwise activations, dropout, pooling, Flatten, residual Add and
-Concatenate). It goes from its producers (kernel slice and bias), from the
-normalisation layers on the way and from the consumers' kernels. Layers
-slim does not know stop the removal at their boundary: the channels
-flowing into and out of them are kept. See `keras_rmda._channel_graph`.
+elementwise activations, dropout, pooling, depthwise convolutions, Flatten,
+residual adds, as `Add` layers or `x + y`, and Concatenate). It goes from
+its producers (kernel slice and bias), from the normalisation and depthwise
+layers on the way and from the consumers' kernels. Layers slim does not
+know (LayerNormalization among them: its statistics run over every
+channel) stop the removal at their boundary: the channels flowing into and
+out of them are kept, and the layer is copied. See
+`keras_rmda._channel_graph`.
 """
+
+import contextlib
 
 import keras
 import numpy as np
 
 from keras_rmda import _channel_graph
+from keras_rmda import _graph_walk
 from keras_rmda import structure
 
 
@@ -28,9 +34,10 @@ def slim(model, check=True, rtol=1e-4):
     without keras_rmda installed.
 
     Args:
-        model: a built Sequential or Functional model. Each layer must be
-            called once in it (nested models count as one layer each and are
-            copied unchanged).
+        model: a built Sequential or Functional model, built in code or
+            loaded from a `.keras` file. Each layer must be called once in
+            it (nested models count as one layer each and are copied
+            unchanged).
         check: compare the slim model's outputs with the original's (at the
             same weights) on random inputs before returning.
         rtol: tolerance of the check: `max|slim − original| <= rtol ·
@@ -40,7 +47,8 @@ def slim(model, check=True, rtol=1e-4):
         The slim `keras.Model`.
 
     Raises:
-        ValueError: the model has no symbolic graph, or shares a layer.
+        ValueError: the model has no symbolic graph, shares a layer, or has
+            a layer slim cannot rebuild (the message names it).
         RuntimeError: the check failed (a bug: please report it).
     """
     values = structure.weight_values(model, use_prox_point=True)
@@ -63,26 +71,20 @@ def _rebuild(model, plan, values):
         x = keras.Input(
             batch_shape=tuple(tensor.shape),
             dtype=tensor.dtype,
-            name=input_names.get(id(tensor)),
+            # A Sequential lists no InputLayer; its input tensor bears the name.
+            name=input_names.get(id(tensor), tensor.name),
         )
         new_tensor[id(tensor)] = x
         new_inputs.append(x)
-    for layer, kind in plan.steps:
-        config, weights = _slimmed_config_and_weights(layer, kind, plan, values)
-        try:
-            new_layer = type(layer).from_config(config)
-        except Exception as error:
-            raise ValueError(
-                f"slim could not re-create layer '{layer.name}' "
-                f"({type(layer).__name__}) from its config: {error}"
-            ) from error
-        outputs = new_layer(keras.tree.map_structure(lambda t: new_tensor[id(t)], layer.input))
-        new_layer.set_weights(weights)
-        for old, new in zip(keras.tree.flatten(layer.output), keras.tree.flatten(outputs)):
-            if new.shape[-1] != plan.keep(old).sum():  # guards the plan's bookkeeping
+    for call, kind in plan.calls:
+        outputs = _rebuild_call(call, kind, plan, values, new_tensor)
+        for old, new in zip(call.outputs, keras.tree.flatten(outputs)):
+            kept = plan.keep(old)
+            expected = old.shape[-1] if kept is None else int(kept.sum())
+            if len(new.shape) and new.shape[-1] != expected:  # guards the plan's bookkeeping
                 raise RuntimeError(
-                    f"slim: layer '{layer.name}' gives {new.shape[-1]} channels, "
-                    f"expected {plan.keep(old).sum()}."
+                    f"slim: {_graph_walk.describe(call.operation)} gives {new.shape[-1]} "
+                    f"channels, expected {expected}."
                 )
             new_tensor[id(old)] = new
     outputs = [new_tensor[id(t)] for t in plan.outputs]
@@ -93,18 +95,56 @@ def _rebuild(model, plan, values):
     )
 
 
-def _slimmed_config_and_weights(layer, kind, plan, values):
+def _rebuild_call(call, kind, plan, values, new_tensor):
+    """Repeat `call` on the slim graph's tensors; returns its outputs."""
+    args, kwargs = call.node.arguments.fill_in(new_tensor)
+    if not call.is_layer:
+        # Operations that are not layers hold no state: call the same one.
+        with _naming(call, "calling it on the slimmed inputs"):
+            return call.operation(*args, **kwargs)
+    with _naming(call, "re-creating it from its config"):
+        config, weights = _slimmed_config_and_weights(call, kind, plan, values)
+        new_layer = type(call.operation).from_config(config)
+    with _naming(call, "calling it on the slimmed inputs"):
+        outputs = new_layer(*args, **kwargs)
+    with _naming(call, "setting its slimmed weights"):
+        new_layer.set_weights(weights)
+    return outputs
+
+
+@contextlib.contextmanager
+def _naming(call, doing):
+    """Turn any error into one line that says which layer and what step."""
+    try:
+        yield
+    except Exception as error:
+        # The cause's first paragraph, on one line; the traceback keeps all.
+        cause = " ".join(str(error).strip().split("\n\n")[0].split()) or type(error).__name__
+        raise ValueError(
+            f"slim cannot rebuild {_graph_walk.describe(call.operation)}: {doing} failed: {cause}"
+        ) from error
+
+
+def _slimmed_config_and_weights(call, kind, plan, values):
+    layer = call.operation
     config = _without_keras_rmda_constraints(layer.get_config())
     weights = [values[id(w)] for w in layer.weights]
     if kind == "producer":
-        kept_in, kept_out = plan.kept_in(layer), plan.kept_out(layer)
+        kept_in, kept_out = plan.kept_in(call), plan.kept_out(call)
         config["units" if isinstance(layer, keras.layers.Dense) else "filters"] = int(
             kept_out.sum()
         )
         kernel = weights[0][..., kept_in, :][..., kept_out]
         weights = [kernel] + [bias[kept_out] for bias in weights[1:]]
+    elif kind == "channelwise":
+        kept = plan.kept_out(call)
+        if "groups" in config:  # Conv with one channel per group: kernel (..., 1, C)
+            config["filters"] = config["groups"] = int(kept.sum())
+            weights = [weights[0][..., kept]] + [bias[kept] for bias in weights[1:]]
+        else:  # DepthwiseConv, depth multiplier 1: kernel (..., C, 1)
+            weights = [weights[0][..., kept, :]] + [bias[kept] for bias in weights[1:]]
     elif kind == "normalization":
-        kept = plan.kept_out(layer)
+        kept = plan.kept_out(call)
         weights = [w[kept] for w in weights]
     return config, weights
 

@@ -307,6 +307,11 @@ def _layer_row(layer, kind, plan, counts):
             flops_after = positions and positions * spatial * kept_in * kept_out
         else:
             params_after = len(layer.weights) * kept_out
+    elif plan is not None and kind == "channelwise":
+        # Depthwise-style: every weight and multiply belongs to one channel.
+        channels_after = int(plan.kept_out(layer).sum())
+        params_after = layer.count_params() * channels_after // channels
+        flops_after = flops and flops * channels_after // channels
     elif plan is not None and kind in ("pass", "flatten", "merge", "concat"):
         channels_after = int(plan.kept_out(layer).sum())
     return {
