@@ -15,10 +15,27 @@ state donated so updates happen in place.
 Repeats are interleaved (A B A B ...) and the median ratio is printed.
 
     KERAS_BACKEND=jax python benchmarks/accelerator_step_time.py [--repeats 7]
+
+`--hlo` counts instead of timing, on whatever JAX device is present (CPU
+too): the kernels in the compiled, optimised HLO of the optimizer update
+alone (`optimizer.stateless_apply` under `jax.jit`, trainable and optimizer
+variables donated as Keras's trainer donates them) on VGG19-BN's trainable
+variables (CIFAR shape), RMDA(GroupLasso) and SGD(momentum=0.9). A kernel
+is an instruction of the ENTRY computation other than parameter, constant,
+tuple, get-tuple-element and bitcast: each fusion, copy, custom-call or
+unfused op is one launch on a GPU (control flow, if any, is counted as one
+and listed by opcode). Prints each count with its fusions and opcodes,
+`hlo_kernels sgd <n> group_lasso <m>`, and last `hlo_kernel_ratio <m / n>`;
+the rows go to `benchmarks/results/hlo_kernels.json`.
+
+    KERAS_BACKEND=jax python benchmarks/accelerator_step_time.py --hlo [--hlo-dump DIR]
 """
 
 import argparse
+import collections
 import os
+import re
+import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -27,6 +44,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_rmda as kr  # noqa: E402
+import record  # noqa: E402
 from timing import big_variable_set  # noqa: E402
 from timing import interleaved_medians  # noqa: E402
 
@@ -111,13 +129,101 @@ def update_alone(optimizer_name, updates, distinct=4):
     return run, sum(int(np.prod(v.shape)) for v in variables)
 
 
+# Instructions that launch nothing: arguments, literals, tuple plumbing, reinterpretations.
+NOT_KERNELS = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast"}
+
+
+def compiled_update_hlo(optimizer_name):
+    """Optimised HLO text of one `stateless_apply` on VGG19-BN's trainable variables."""
+    keras.utils.set_random_seed(0)
+    model = kr.models.build("vgg19", 10, (32, 32, 3))
+    optimizer = make_optimizer(optimizer_name)
+    optimizer.build(model.trainable_variables)
+
+    def update(trainable, optimizer_state, grads):
+        return optimizer.stateless_apply(optimizer_state, grads, trainable)
+
+    def spec(v):
+        return jax.ShapeDtypeStruct(tuple(v.shape), v.dtype)
+
+    trainable = [spec(v.value) for v in model.trainable_variables]
+    # Donated in the order they come back, as in Keras's trainer: JAX pairs a
+    # donated buffer with an output by shape, so another order adds copies.
+    lowered = jax.jit(update, donate_argnums=(0, 1)).lower(
+        trainable, [spec(v.value) for v in optimizer.variables], trainable)
+    start = time.perf_counter()
+    text = lowered.compile().as_text()
+    return text, time.perf_counter() - start, len(trainable)
+
+
+def entry_instructions(hlo_text):
+    """[(name, opcode)] of the ENTRY computation's instructions."""
+    instructions, inside = [], False
+    for line in hlo_text.splitlines():
+        if line.startswith("ENTRY "):
+            inside = True
+        elif inside and line.startswith("}"):
+            break
+        elif inside and " = " in line:
+            # "  [ROOT ]%name = <type> opcode(operands), attributes"; a type
+            # holds no "word(", so the first one is the opcode.
+            match = re.match(r"\s*(?:ROOT\s+)?%?([\w.-]+) = .*?([a-z][a-z0-9-]*)\(", line)
+            instructions.append(match.groups())
+    if not instructions:
+        raise ValueError("no ENTRY computation in the HLO text")
+    return instructions
+
+
+def hlo_main(dump_dir):
+    device = jax.devices()[0]
+    print(f"JAX {jax.__version__}, Keras {keras.__version__}, backend "
+          f"{keras.backend.backend()}, device {device.device_kind} ({device.platform}); "
+          "optimised HLO of the update alone on VGG19-BN's trainable variables", flush=True)
+    rows, kernels = [], {}
+    for name in ("sgd", "group_lasso"):
+        text, compile_s, n_variables = compiled_update_hlo(name)
+        if dump_dir:
+            os.makedirs(dump_dir, exist_ok=True)
+            with open(os.path.join(dump_dir, f"update_{name}.hlo.txt"), "w") as f:
+                f.write(text)
+        instructions = entry_instructions(text)
+        opcodes = collections.Counter(op for _, op in instructions)
+        launched = {op: n for op, n in opcodes.items() if op not in NOT_KERNELS}
+        kernels[name] = sum(launched.values())
+        # XLA's fusion wrapper puts a lone op (a reduce, a slice) in a fusion
+        # of its own named wrapped_<op>: a kernel, but nothing fused in it.
+        wrapped = sum(op == "fusion" and n.startswith("wrapped_") for n, op in instructions)
+        rows.append({"optimizer": name, "kernels": kernels[name],
+                     "fusions": launched.get("fusion", 0), "wrapped_single_ops": wrapped,
+                     "variables": n_variables, "entry_opcodes": dict(opcodes),
+                     "compile_s": compile_s, "device": device.platform})
+        print(f"{name}: {kernels[name]} kernels in the entry computation "
+              f"({launched.get('fusion', 0)} fusions, {wrapped} of them a lone wrapped op; "
+              f"{kernels[name] / n_variables:.1f} per variable, {n_variables} variables); "
+              "by opcode "
+              f"{dict(sorted(launched.items(), key=lambda kv: -kv[1]))}; "
+              f"compiled in {compile_s:.1f} s", flush=True)
+    print(f"hlo_kernels sgd {kernels['sgd']} group_lasso {kernels['group_lasso']}")
+    summary = f"hlo_kernel_ratio {kernels['group_lasso'] / kernels['sgd']:.3f}"
+    record.write("hlo_kernels", rows, summary, {
+        "model": "vgg19", "input_shape": (32, 32, 3), "device": device.device_kind,
+        "not_kernels": sorted(NOT_KERNELS)})
+    print(summary)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--steps", type=int, default=50, help="steps per timed repeat")
     parser.add_argument("--parts", default="train,update",
                         help="comma-separated: train (training steps), update (update alone)")
+    parser.add_argument("--hlo", action="store_true",
+                        help="count the kernels of the compiled update instead of timing")
+    parser.add_argument("--hlo-dump", help="with --hlo: write each optimised HLO text here")
     args = parser.parse_args()
+    if args.hlo:
+        hlo_main(args.hlo_dump)
+        return
     parts = args.parts.split(",")
     device = jax.devices()[0]
     print(f"JAX {jax.__version__}, Keras {keras.__version__}, backend "
