@@ -98,13 +98,13 @@ class StageSchedule(keras.callbacks.Callback):
             return min(self.momentum / self.lr_factor**n, 1.0)
         if self.momentum_rule is None or epoch < self._ramp_start():
             return self.momentum
-        if steps_per_epoch is None:
+        if steps_per_epoch is None and epoch > self._ramp_start():
             raise ValueError(
                 "StageSchedule(momentum_rule='ramda') needs the number of steps "
-                "per epoch from the epoch before the last milestone on: pass "
+                "per epoch after the epoch before the last milestone: pass "
                 "`steps_per_epoch` to fit."
             )
-        k = (epoch - self._ramp_start()) * steps_per_epoch + step + 2
+        k = (epoch - self._ramp_start()) * (steps_per_epoch or 0) + step + 2
         return min(self.momentum * math.sqrt(k), 1.0)
 
     def _ramp_start(self):

@@ -80,6 +80,16 @@ def test_ramda_rule_grows_momentum_per_step_from_the_epoch_before_the_last_miles
     assert [lr for lr, _ in spy.seen[8:]] == pytest.approx([0.01] * 4 + [1e-3] * 4)
 
 
+def test_ramda_rule_needs_the_epoch_length_only_after_its_first_epoch():
+    # The first epoch of the ramp counts steps itself (a dataset of unknown
+    # length, whose epoch length is learnt during it).
+    schedule = StageSchedule([1], learning_rate=0.1, momentum=0.25)
+    assert schedule.momentum_at(0, 2) == pytest.approx(0.25 * math.sqrt(4))
+    assert schedule.momentum_at(1, 2, steps_per_epoch=5) == pytest.approx(min(0.25 * 3, 1.0))
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        schedule.momentum_at(1, 2)
+
+
 def test_no_milestones_keep_the_initial_learning_rate_and_momentum():
     for rule in ("ramda", "iclr"):
         schedule = StageSchedule([], momentum_rule=rule, learning_rate=0.1, momentum=0.2)
