@@ -24,6 +24,7 @@ Reference:
 import keras
 import numpy as np
 
+SCOPES = ("per_variable", "global")
 _KERNEL_LAYERS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D,
                   keras.layers.Conv3D)
 
@@ -67,6 +68,10 @@ class GradualMagnitudePruning(keras.callbacks.Callback):
         initial_sparsity: s_i in [0, `target_sparsity`].
         variables: the variables to prune; None: the kernels of every
             Dense / Conv1D / Conv2D / Conv3D layer.
+        scope: `"per_variable"` (Zhu & Gupta's default: every variable
+            pruned to s_t) or `"global"` (one magnitude threshold over all
+            pruned variables together, so that s_t of all their weights is
+            zero and layers keep different sparsities).
 
     After each training batch the masks are applied (and recomputed at
     pruning steps). `masks` maps each variable's path to its current mask.
@@ -74,8 +79,10 @@ class GradualMagnitudePruning(keras.callbacks.Callback):
     """
 
     def __init__(self, target_sparsity, begin_step, end_step, frequency,
-                 initial_sparsity=0.0, variables=None):
+                 initial_sparsity=0.0, variables=None, scope="per_variable"):
         super().__init__()
+        if scope not in SCOPES:
+            raise ValueError(f"`scope` must be one of {SCOPES}. Received: scope={scope!r}")
         if not isinstance(target_sparsity, (int, float)) or not 0.0 <= target_sparsity < 1.0:
             raise ValueError("`target_sparsity` must be in [0, 1). "
                              f"Received: target_sparsity={target_sparsity!r}")
@@ -93,6 +100,7 @@ class GradualMagnitudePruning(keras.callbacks.Callback):
         self.initial_sparsity = float(initial_sparsity)
         self.begin_step, self.end_step, self.frequency = begin_step, end_step, frequency
         self._variables = variables
+        self.scope = scope
         self.masks = {}
 
     def sparsity_at(self, step):
@@ -109,16 +117,30 @@ class GradualMagnitudePruning(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         prune = is_pruning_step(step, self.begin_step, self.end_step, self.frequency)
-        for variable in self.pruned_variables():
+        variables = self.pruned_variables()
+        values = []
+        for variable in variables:
             weights = keras.ops.convert_to_numpy(variable)
             mask = self.masks.get(variable.path)
             if mask is not None:  # pruned weights stay pruned: mask before ranking
                 weights = np.where(mask, weights, 0.0).astype(weights.dtype)
-            if prune:
-                mask = magnitude_mask(weights, self.sparsity_at(step))
-                self.masks[variable.path] = mask
+            values.append(weights)
+        if prune:
+            self._new_masks(variables, values, self.sparsity_at(step))
+        for variable, weights in zip(variables, values):
+            mask = self.masks.get(variable.path)
             if mask is not None:
                 variable.assign(np.where(mask, weights, 0.0).astype(weights.dtype))
+
+    def _new_masks(self, variables, values, sparsity):
+        if self.scope == "per_variable":
+            for variable, weights in zip(variables, values):
+                self.masks[variable.path] = magnitude_mask(weights, sparsity)
+            return
+        flat = magnitude_mask(np.concatenate([v.ravel() for v in values]), sparsity)
+        offsets = np.cumsum([0] + [v.size for v in values])
+        for variable, weights, start, end in zip(variables, values, offsets, offsets[1:]):
+            self.masks[variable.path] = flat[start:end].reshape(weights.shape)
 
 
 def _leaf_layers(model):

@@ -81,9 +81,33 @@ def test_pruned_weights_never_come_back_between_pruning_steps():
     assert seen[-1].mean() == pytest.approx(round(0.6 * seen[-1].size) / seen[-1].size)
 
 
+def test_global_scope_prunes_the_smallest_weights_of_all_kernels_together():
+    model = _model()
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    callback = pruning.GradualMagnitudePruning(0.75, begin_step=2, end_step=20, frequency=3,
+                                               scope="global")
+    model.fit(*_data(), batch_size=8, epochs=3, verbose=0, callbacks=[callback])  # 24 steps
+    kernels = [keras.ops.convert_to_numpy(layer.kernel) for layer in model.layers
+               if hasattr(layer, "kernel")]
+    every = np.concatenate([k.ravel() for k in kernels])
+    assert np.count_nonzero(every == 0) == round(0.75 * every.size)
+    shares = [np.mean(k == 0) for k in kernels]
+    assert max(shares) - min(shares) > 0.05  # layers keep different sparsities
+    # One threshold for all: a kernel of small weights goes first, whole.
+    small, large = model.layers[0].kernel, model.layers[-1].kernel
+    small.assign(np.full(small.shape, 1e-3, "float32"))
+    large.assign(np.random.default_rng(1).uniform(1, 2, large.shape).astype("float32"))
+    share = small.shape.num_elements() / (small.shape.num_elements() + large.shape.num_elements())
+    callback._new_masks([small, large], [keras.ops.convert_to_numpy(v) for v in (small, large)],
+                        share)
+    assert not callback.masks[small.path].any() and callback.masks[large.path].all()
+
+
 @pytest.mark.parametrize(
     "kwargs,message",
-    [({"target_sparsity": 1.0}, "Received: target_sparsity=1.0"),
+    [({"scope": "layer"}, "Received: scope='layer'"),
+     ({"target_sparsity": 1.0}, "Received: target_sparsity=1.0"),
      ({"frequency": 0}, "Received: frequency=0"),
      ({"end_step": 1}, "Received: end_step=1"),
      ({"initial_sparsity": 0.9}, "Received: initial_sparsity=0.9")],
