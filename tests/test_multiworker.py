@@ -207,6 +207,7 @@ def test_job_killed_mid_epoch_resumes_bit_identical(job, tmp_path):
     assert not os.path.exists(backup)  # the chief deleted it at the end
 
 
+@pytest.mark.slow
 def test_helper_equals_model_fit_on_one_device():
     x, y = cases.data(96)
 

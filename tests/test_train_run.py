@@ -38,6 +38,7 @@ def _main(argv):
     return code, out.getvalue(), err.getvalue()
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_reported_figures_are_the_saved_model_s_and_restarts_are_safe(tmp_path):
     run = tmp_path / "run"
@@ -85,6 +86,7 @@ def test_reported_figures_are_the_saved_model_s_and_restarts_are_safe(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_a_diverging_run_stops_without_writing_a_model(tmp_path):
     run = tmp_path / "run"
