@@ -88,7 +88,7 @@ class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
 
     @property
     def learning_rate(self):
-        return self._get_current_learning_rate()
+        return keras.optimizers.Optimizer.learning_rate.fget(self)
 
     @learning_rate.setter
     def learning_rate(self, learning_rate):
