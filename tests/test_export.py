@@ -197,6 +197,7 @@ def _cli(argv, capsys):
     return code, out, err
 
 
+@pytest.mark.slow
 def test_cli_builds_the_run_datasets_normalisation_in(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a default --base-dir must not land in the repository
     model, run_model = _run_dir(tmp_path, "run", json.dumps(

@@ -12,9 +12,10 @@ from keras_rmda import models
     ("lenet5", (28, 28, 1), 10, 61706),
     ("lenet5_large", (28, 28, 1), 10, 431080),
     ("mlp", (28, 28, 1), 10, 577178),
-    # Big models train on tiny inputs: a step costs mostly tracing, not compute.
-    ("vgg19", (8, 8, 3), 100, None),
-    ("resnet50", (8, 8, 3), 10, None),
+    # Big models train on tiny inputs: a step costs mostly tracing, not compute
+    # (still the slowest of the fast suite: in the slow one).
+    pytest.param("vgg19", (8, 8, 3), 100, None, marks=pytest.mark.slow),
+    pytest.param("resnet50", (8, 8, 3), 10, None, marks=pytest.mark.slow),
 ])
 def test_model_builds_declares_groups_and_trains_a_step(name, shape, classes, params):
     model = models.build(name, classes, shape)

@@ -59,6 +59,7 @@ def test_recovery_scores():
     assert planted.recovery_scores([False] * 4, planted_zero)[2] == 0.0
 
 
+@pytest.mark.slow
 def test_a_tiny_identification_run_reports_every_field():
     results = planted.run_identification(methods=("rmda", "proxsgd"), epochs=4, seeds=(0,),
                                          lambdas=(0.02, 0.5), problem_options=TINY)
