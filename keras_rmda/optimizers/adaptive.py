@@ -74,12 +74,3 @@ class AdaptiveProximalOptimizer(base.ProximalOptimizer):
         config.update(beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon)
         return config
 
-
-def check_positive_int(name, value):
-    """`value` as a Python int >= 1 (numpy ints too), else ValueError."""
-    return _checks.integer(name, value, minimum=1)
-
-
-def check_nonnegative(name, value):
-    """`value` as a finite Python float >= 0 (numpy scalars too), else ValueError."""
-    return _checks.number(name, value, minimum=0.0)

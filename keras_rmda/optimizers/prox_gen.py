@@ -1,6 +1,7 @@
 import keras
 from keras import ops
 
+from keras_rmda import _checks
 from keras_rmda.optimizers import adaptive
 from keras_rmda.optimizers import inner_solvers
 
@@ -73,8 +74,8 @@ class ProxGen(adaptive.AdaptiveProximalOptimizer):
         name="prox_gen",
         **kwargs,
     ):
-        max_inner_steps = adaptive.check_positive_int("max_inner_steps", max_inner_steps)
-        inner_tol = adaptive.check_nonnegative("inner_tol", inner_tol)
+        max_inner_steps = _checks.integer("max_inner_steps", max_inner_steps, minimum=1)
+        inner_tol = _checks.number("inner_tol", inner_tol, minimum=0.0)
         super().__init__(
             learning_rate=learning_rate,
             beta_1=beta_1,

@@ -1,6 +1,7 @@
 import keras
 from keras import ops
 
+from keras_rmda import _checks
 from keras_rmda.optimizers import adaptive
 from keras_rmda.optimizers import inner_solvers
 
@@ -70,8 +71,8 @@ class ProxSSI(adaptive.AdaptiveProximalOptimizer):
         name="prox_ssi",
         **kwargs,
     ):
-        max_newton_steps = adaptive.check_positive_int("max_newton_steps", max_newton_steps)
-        newton_tol = adaptive.check_nonnegative("newton_tol", newton_tol)
+        max_newton_steps = _checks.integer("max_newton_steps", max_newton_steps, minimum=1)
+        newton_tol = _checks.number("newton_tol", newton_tol, minimum=0.0)
         super().__init__(
             learning_rate=learning_rate,
             beta_1=beta_1,

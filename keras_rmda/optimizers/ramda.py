@@ -4,8 +4,6 @@ import keras
 from keras import ops
 
 from keras_rmda import _checks
-
-from keras_rmda.optimizers import adaptive
 from keras_rmda.optimizers import dual_averaging
 from keras_rmda.optimizers import inner_solvers
 
@@ -82,8 +80,8 @@ class RAMDA(dual_averaging.DualAveragingOptimizer):
         **kwargs,
     ):
         epsilon = _checks.number("epsilon", epsilon, minimum=0.0, open_minimum=True)
-        max_inner_steps = adaptive.check_positive_int("max_inner_steps", max_inner_steps)
-        inner_tol = adaptive.check_nonnegative("inner_tol", inner_tol)
+        max_inner_steps = _checks.integer("max_inner_steps", max_inner_steps, minimum=1)
+        inner_tol = _checks.number("inner_tol", inner_tol, minimum=0.0)
         factor = _checks.number(
             "restart_epsilon_factor", restart_epsilon_factor,
             minimum=0.0, maximum=1.0, open_minimum=True,
