@@ -78,22 +78,29 @@ def _width(tensor):
     return tensor.shape[-1] if len(tensor.shape) else None
 
 
-# `keras.ops` operations that act on each value alone (by class, where Keras
-# defines them): on symbolic tensors they are graph nodes of their own.
+# `keras.ops` operations that act on each value alone: on symbolic tensors
+# they are graph nodes of their own. Their classes are not public; each is
+# recognised by its name and by being defined beside its public function
+# (the class `Add` of `keras.ops.add`), so that no other class of that name
+# matches.
 _ELEMENTWISE_OPS = {
-    ("keras.src.ops.numpy", name)
-    for name in ("Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum",
-                 "Minimum", "Negative", "Abs", "Absolute", "Square", "Tanh")
-} | {
-    ("keras.src.ops.nn", name)
-    for name in ("Relu", "Relu6", "Sigmoid", "Silu", "Gelu", "Elu", "Selu", "LeakyRelu",
-                 "HardSigmoid", "HardSilu", "Softplus", "Softsign")
+    "Add": "add", "Subtract": "subtract", "Multiply": "multiply", "Divide": "divide",
+    "TrueDivide": "true_divide", "Maximum": "maximum", "Minimum": "minimum",
+    "Negative": "negative", "Abs": "abs", "Absolute": "absolute", "Square": "square",
+    "Tanh": "tanh",
+    "Relu": "relu", "Relu6": "relu6", "Sigmoid": "sigmoid", "Silu": "silu", "Gelu": "gelu",
+    "Elu": "elu", "Selu": "selu", "LeakyRelu": "leaky_relu", "HardSigmoid": "hard_sigmoid",
+    "HardSilu": "hard_silu", "Softplus": "softplus", "Softsign": "softsign",
 }
 
 
+def _is_elementwise_op_class(op):
+    function = getattr(keras.ops, _ELEMENTWISE_OPS.get(op.__name__, ""), None)
+    return function is not None and op.__module__ == function.__module__
+
+
 def _elementwise_op(call):
-    op = type(call.operation)
-    if (op.__module__, op.__name__) not in _ELEMENTWISE_OPS:
+    if not _is_elementwise_op_class(type(call.operation)):
         return False
     arguments = call.node.arguments
     constants = [

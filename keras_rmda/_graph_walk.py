@@ -65,6 +65,7 @@ def model_calls(model):
     operations = getattr(model, "operations", None) or model.layers
     made_by = {}
     for operation in operations:
+        # private: Keras has no public hook for an operation's calls (its graph nodes)
         for node in operation._inbound_nodes:
             for tensor in node.outputs:
                 made_by[id(tensor)] = node

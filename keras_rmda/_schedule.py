@@ -200,17 +200,34 @@ def _check_milestones(milestones):
 
 
 def _learning_rate_of(optimizer):
-    lr = getattr(optimizer, "_learning_rate", None)
-    inner = getattr(optimizer, "inner_optimizer", None)
-    if inner is not None:
-        lr = getattr(inner, "_learning_rate", lr)
-    if callable(lr) and not isinstance(lr, keras.Variable):
+    """The optimizer's float learning rate; raises if it is a schedule or a callable.
+
+    A float learning rate is one of the optimizer's own variables (the one
+    `optimizer.learning_rate = x` assigns, also through a
+    `LossScaleOptimizer`); for a `LearningRateSchedule` or a callable the
+    `learning_rate` property returns the value it computes instead.
+    """
+    lr = optimizer.learning_rate
+    if not any(lr is variable for variable in optimizer.variables):
         raise ValueError(
             "StageSchedule sets the learning rate itself; the optimizer has a "
-            f"learning-rate schedule ({type(lr).__name__}). Pass a float "
+            f"learning-rate schedule ({_schedule_name(optimizer)}). Pass a float "
             "learning_rate to the optimizer."
         )
-    return _as_float32(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    return _as_float32(keras.ops.convert_to_numpy(lr))
+
+
+def _schedule_name(optimizer):
+    """The class of the optimizer's learning-rate schedule, for the error message."""
+    try:
+        config = getattr(optimizer, "inner_optimizer", optimizer).get_config()
+        learning_rate = config["learning_rate"]
+    except Exception:  # Keras cannot serialise every callable (a lambda, an object)
+        return "callable"
+    # A serialised LearningRateSchedule (or function) is a dict naming its class.
+    if isinstance(learning_rate, dict):
+        return learning_rate.get("class_name", "callable")
+    return "callable"
 
 
 def _as_float32(value):

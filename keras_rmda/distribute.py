@@ -103,7 +103,7 @@ def fit(model, dataset, epochs=1, initial_epoch=0, steps_per_epoch=None, callbac
 
     model.stop_training = False
     callbacks.on_train_begin()
-    initial_epoch = getattr(model, "_initial_epoch", None) or initial_epoch
+    initial_epoch = _resume_epoch(model) or initial_epoch
     logs = None
     for epoch in range(initial_epoch, epochs):
         callbacks.on_epoch_begin(epoch)
@@ -164,6 +164,19 @@ def _make_train_step(model, strategy):
         return loss, strategy.experimental_local_results(total)[0]
 
     return train_step
+
+
+# The epoch `fit` resumes from is the model's `_initial_epoch`, which Keras's own
+# `keras.callbacks.BackupAndRestore` sets in `on_train_begin` and `model.fit`
+# reads after it: these two helpers are the only code that touches it.
+def _resume_epoch(model):
+    # private: Keras has no public hook for the epoch fit resumes from
+    return getattr(model, "_initial_epoch", None)
+
+
+def _set_resume_epoch(model, epoch):
+    # private: Keras has no public hook for the epoch fit resumes from
+    model._initial_epoch = epoch
 
 
 def _check_int(name, value, minimum):
@@ -257,7 +270,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         self.model.load_weights(os.path.join(self.backup_dir, state["weights"]))
         for variable, value in zip(_seed_states(self.model), state["seed_states"]):
             variable.assign(value)
-        self.model._initial_epoch = state["epoch"]  # read by fit, as Keras's callback does
+        _set_resume_epoch(self.model, state["epoch"])  # read by fit, as Keras's callback does
 
     def on_epoch_end(self, epoch, logs=None):
         if is_chief(self.model.distribute_strategy):
