@@ -22,14 +22,14 @@ from keras import ops
 # its input: z and z² would each be written to memory and read back.
 FUSED_SUM_SIZE = 32
 
-# From this many entries `group_norms` sums in runs; below, one more kernel
-# costs more than the traffic saved (LeNet-5's 400×120 and 120×84 kernels:
-# their compiled calls took 200 → 210 and 133 → 146 µs with runs).
+# From this many entries `group_sums_of_squares` sums in runs; below, the
+# extra kernel costs more than the memory traffic it saves
+# (docs/performance.md).
 RUNS_MIN_SIZE = 2**16
 
 
-def group_norms(z, reduce_axes):
-    """Euclidean norm of every group, keeping the reduced axes (size 1).
+def group_sums_of_squares(z, reduce_axes):
+    """‖z_g‖₂² of every group, keeping the reduced axes (size 1).
 
     A group is one index along each axis *not* in `reduce_axes`; e.g. for a
     Conv2D kernel `(kh, kw, in, out)` and `reduce_axes=(0, 1, 3)` there is one
@@ -43,25 +43,19 @@ def group_norms(z, reduce_axes):
     if sums_last_axis and static and size > FUSED_SUM_SIZE \
             and math.prod(z.shape) >= RUNS_MIN_SIZE:
         # Sum the last axis in runs of at most FUSED_SUM_SIZE first, so the
-        # squares are summed where they are made (update alone, 4096×4096
-        # kernel: 17.7 → 14.7 ms). `abs` is a no-op on the partial sums that
-        # keeps XLA from merging the two sums back into one.
+        # squares are summed where they are made (docs/performance.md).
+        # `abs` is a no-op on the partial sums that keeps XLA from merging
+        # the two sums back into one.
         run = max(d for d in range(1, FUSED_SUM_SIZE + 1) if size % d == 0)
         if run > 1:
             runs = ops.reshape(squares, tuple(z.shape[:-1]) + (size // run, run))
             squares = ops.abs(ops.sum(runs, axis=-1))
-    return ops.sqrt(ops.sum(squares, axis=reduce_axes, keepdims=True))
+    return ops.sum(squares, axis=reduce_axes, keepdims=True)
 
 
-def group_lasso_scale(norms, threshold):
-    """The factor `max(0, 1 − threshold / norm)` of the group-LASSO prox.
-
-    Exactly 0 where `norm ≤ threshold`, including `norm = 0` (no 0/0).
-    """
-    safe_norms = ops.where(norms > threshold, norms, ops.ones_like(norms))
-    return ops.where(
-        norms > threshold, 1.0 - threshold / safe_norms, ops.zeros_like(norms)
-    )
+def group_norms(z, reduce_axes):
+    """Euclidean norm of every group, keeping the reduced axes (size 1)."""
+    return ops.sqrt(group_sums_of_squares(z, reduce_axes))
 
 
 def prox_group_lasso(z, threshold, reduce_axes):
@@ -83,7 +77,12 @@ def prox_group_lasso(z, threshold, reduce_axes):
     """
     if not reduce_axes:
         return prox_l1(z, threshold)
-    return z * group_lasso_scale(group_norms(z, reduce_axes), threshold)
+    # From the squared norms: one small kernel for the factor, not a square
+    # root and then the factor.
+    squares = group_sums_of_squares(z, reduce_axes)
+    keep = squares > threshold * threshold
+    safe = ops.where(keep, squares, ops.ones_like(squares))
+    return z * ops.where(keep, 1.0 - threshold * ops.rsqrt(safe), ops.zeros_like(squares))
 
 
 def prox_l1(z, threshold):

@@ -30,7 +30,7 @@ def train(strategy, name):
     steps_after_restart = None
     if hasattr(model.optimizer, "restart"):  # eagerly, between epochs, under the strategy
         model.optimizer.restart()
-        steps_after_restart = [float(t) for t in model.optimizer._steps.variable.numpy()]
+        steps_after_restart = [float(model.optimizer.stage_step.numpy())]
     model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
     return model, steps_after_restart
 

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 import keras_rmda as kr
-from keras_rmda.optimizers import plain_graph
 
 import compiled
 import optimizer_cases as cases
@@ -60,20 +59,6 @@ def test_jit_and_no_jit_give_the_same_weights(name):
         results.append(_weights(model))
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_large_variable_update_matches_the_small_variable_one(name, monkeypatch):
-    """From `SPLIT_MIN_SIZE` weights a variable's update takes another compiled
-    path (stage start and fingerprint around the rule; RMDA: two passes)."""
-    results = []
-    for split_min_size in (plain_graph.SPLIT_MIN_SIZE, 0):
-        monkeypatch.setattr(plain_graph, "SPLIT_MIN_SIZE", split_min_size)
-        model = cases.compile_model(cases.small_cnn(), cases.OPTIMIZERS[name]())
-        model.fit(*cases.data(), batch_size=32, epochs=2, shuffle=False, verbose=0)
-        results.append(_weights(model))
-    for small, large in zip(*results):
-        np.testing.assert_allclose(large, small, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("name", NAMES)

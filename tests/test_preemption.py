@@ -4,7 +4,7 @@ tests/preemption_run.py trains with a BackupAndRestore callback (epoch-end
 backups) and a `StageSchedule` whose milestone (restart(), η × 0.1) comes
 after the resume point; a run SIGKILLs itself in the middle of epoch 2, a new
 process resumes from the backup of epoch 1, and its weights and every
-optimizer variable (W⁰, V, t, α, fingerprints, iterations, η, c) must equal
+optimizer variable (W⁰, V, t, α, the fingerprint, iterations, η, c) must equal
 those of an uninterrupted run bit for bit: with Keras's own
 `BackupAndRestore` (which saves the optimizer variables with the weights),
 and with `keras_rmda.distribute.BackupAndRestore` on a model with a seeded

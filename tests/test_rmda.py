@@ -11,8 +11,7 @@ import tensorflow as tf
 
 import keras_rmda as kr
 from keras_rmda import groups
-from keras_rmda.optimizers import plain_graph
-from keras_rmda.optimizers.finite import all_finite
+from keras_rmda.optimizers.base import zero_non_finite
 
 rng = np.random.default_rng(3)
 
@@ -85,36 +84,7 @@ def test_finalize_false_keeps_the_averaged_iterate():
     assert _zero_rows(_np(model.optimizer.prox_point(kernel))).any()
 
 
-@pytest.fixture(params=["one_pass", "two_passes"])
-def update_passes(request, monkeypatch):
-    """Both compiled updates of a plain TF graph: one pass, and the slots-then-
-    weights passes that variable sets of `SPLIT_MIN_SIZE` weights or more get."""
-    if request.param == "two_passes":
-        monkeypatch.setattr(plain_graph, "SPLIT_MIN_SIZE", 0)
-    return request.param
-
-
-def test_many_small_variables_share_a_handful_of_compiled_calls():
-    """Each compiled call starts when its gradients exist, but a model of many
-    variables compiles at most `MAX_SMALL_CHUNKS` of them, covering every variable."""
-    variables = [keras.Variable(np.ones((4, 3), "float32"), name=f"w{i}") for i in range(20)]
-    optimizer = kr.RMDA(0.1, 1.0)
-    optimizer.build(variables)
-    optimizer.apply([np.ones((4, 3), "float32")] * 20, variables)
-    chunks = list(optimizer._fused_updates)
-    assert 1 < len(chunks) <= plain_graph.MAX_SMALL_CHUNKS
-    assert sorted(i for chunk in chunks for i in chunk) == list(range(20))
-    # Last variables first (backprop's order); the first variables' call,
-    # which runs after backprop, is the smallest.
-    order = optimizer._update_chunks(tuple(range(20)))
-    assert [min(c) for c in order] == sorted((min(c) for c in order), reverse=True)
-    assert 0 in order[-1] and len(order[-1]) == min(len(c) for c in order)
-    # First step, c = 1: W = W⁰ − η·√1·g/√1 = 1 − 0.1.
-    for v in variables:
-        np.testing.assert_allclose(_np(v), np.full((4, 3), 0.9), rtol=1e-6)
-
-
-def test_weights_changed_from_outside_start_a_new_stage(update_passes):
+def test_weights_changed_from_outside_start_a_new_stage():
     v = _variable()
     optimizer = kr.RMDA(0.1, 0.1, regularizer=kr.GroupLasso(0.05))
     optimizer.build([v])
@@ -143,35 +113,49 @@ def _rmda_after_three_steps_on_three_variables():
     return optimizer, variables
 
 
-def test_an_outside_write_restarts_only_that_variables_entries(update_passes):
-    # t and α of all variables share one vector each; a new stage for one
-    # variable must leave the other entries alone.
-    optimizer, (a, b, c) = _rmda_after_three_steps_on_three_variables()
-    alphas_before = _np(optimizer._alphas.variable).copy()
-    b.assign(rng.normal(size=b.shape).astype("float32"))
-    optimizer.apply([rng.normal(size=a.shape).astype("float32")] * 3, [a, b, c])
-    np.testing.assert_array_equal(_np(optimizer._steps.variable), [4.0, 1.0, 4.0])
-    alphas = _np(optimizer._alphas.variable)
-    # η·√4 added to a's and c's α; b's restarted at η·√1.
-    np.testing.assert_allclose(alphas[[0, 2]], alphas_before[[0, 2]] + 0.1 * 2.0, rtol=1e-6)
-    np.testing.assert_allclose(alphas[1], 0.1, rtol=1e-6)
+@pytest.mark.parametrize("jit", [False, True])
+def test_an_outside_write_to_one_variable_starts_a_new_stage_for_all(jit):
+    """One check per step for the whole model; a new stage for every variable
+    (ALGORITHMS.md: a correct response), equal to a fresh optimizer's step."""
+    optimizer, variables = _rmda_after_three_steps_on_three_variables()
+    variables[1].assign(rng.normal(size=variables[1].shape).astype("float32"))
+    weights = [_np(v).copy() for v in variables]
+    grads = [rng.normal(size=weights[0].shape).astype("float32") for _ in variables]
+    apply = lambda *g: optimizer.apply(list(g), variables)  # noqa: E731
+    if jit:
+        apply = tf.function(apply, jit_compile=True)
+    apply(*grads)
+    assert float(_np(optimizer.stage_step)) == 1.0
+    np.testing.assert_allclose(float(_np(optimizer.stage_alpha)), 0.1, rtol=1e-6)
+    fresh_variables = [_variable(name=name) for name in "abc"]
+    for fresh_v, w in zip(fresh_variables, weights):
+        fresh_v.assign(w)
+    fresh = kr.RMDA(0.1, 0.1, regularizer=kr.GroupLasso(0.05))
+    fresh.build(fresh_variables)
+    fresh.apply(grads, fresh_variables)
+    for v, fresh_v in zip(variables, fresh_variables):
+        np.testing.assert_allclose(_np(v), _np(fresh_v), atol=1e-6)
 
 
-def test_restart_and_fingerprints_write_every_entry_or_only_the_named_ones():
-    optimizer, (a, b, c) = _rmda_after_three_steps_on_three_variables()
-    recorded = _np(optimizer._fingerprints.variable).copy()
-    b.assign(_np(b) + 1.0)
-    optimizer.record_fingerprints([b])  # one entry: the others keep their values
-    after = [_np(optimizer._fingerprints[i].read()) for i in range(3)]
-    np.testing.assert_array_equal(after[1], _np(b).reshape(-1))
-    n = a.shape[0] * a.shape[1]
-    np.testing.assert_array_equal(after[0], recorded[:n])
-    np.testing.assert_array_equal(after[2], recorded[2 * n:])
-    optimizer.restart()  # every entry at once
-    np.testing.assert_array_equal(_np(optimizer._steps.variable), [0.0, 0.0, 0.0])
-    np.testing.assert_array_equal(_np(optimizer._alphas.variable), [0.0, 0.0, 0.0])
-    weights = np.concatenate([_np(v).reshape(-1) for v in (a, b, c)])
-    np.testing.assert_array_equal(_np(optimizer._fingerprints.variable), weights)
+def test_without_outside_writes_the_stage_runs_on():
+    optimizer, variables = _rmda_after_three_steps_on_three_variables()
+    optimizer.finalize_variable_values(variables)  # the optimizer's own write
+    optimizer.apply([rng.normal(size=variables[0].shape).astype("float32")] * 3, variables)
+    assert float(_np(optimizer.stage_step)) == 4.0
+    np.testing.assert_allclose(float(_np(optimizer.stage_alpha)),
+                               0.1 * sum(np.sqrt(k) for k in range(1, 5)), rtol=1e-6)
+
+
+def test_restart_starts_a_stage_from_the_current_weights():
+    optimizer, variables = _rmda_after_three_steps_on_three_variables()
+    optimizer.restart()
+    assert float(_np(optimizer.stage_step)) == 0.0 and float(_np(optimizer.stage_alpha)) == 0.0
+    for v in variables:
+        np.testing.assert_array_equal(_np(optimizer.prox_point(v)), _np(v))
+    for initial_point, sums, v in zip(optimizer._initial_points, optimizer._gradient_sums,
+                                      variables):
+        np.testing.assert_array_equal(_np(initial_point), _np(v))
+        assert not _np(sums).any()
 
 
 @pytest.mark.parametrize("how", ["set_weights", "load_weights"])
@@ -194,51 +178,43 @@ def test_weights_loaded_after_build_are_not_pulled_back(tmp_path, how):
         assert np.abs(_np(after) - before).max() < 0.01
 
 
-def test_non_finite_gradient_leaves_variable_and_state_unchanged(update_passes):
-    a, b = _variable(name="a"), _variable(name="b")
-    optimizer = kr.RMDA(0.1, 0.1, regularizer=kr.GroupLasso(0.05))
-    optimizer.build([a, b])
-    for _ in range(3):
-        optimizer.apply([rng.normal(size=a.shape).astype("float32")] * 2, [a, b])
-    index = optimizer._get_variable_index(a)
-
-    def state_of_a():
-        state = {v.path: _np(v).copy() for v in optimizer.variables if "/a_" in v.path}
-        for name in ("_steps", "_alphas", "_fingerprints"):  # a's entries of the tables
-            state[name] = _np(getattr(optimizer, name)[index].read()).copy()
-        return state
-
-    before = state_of_a()
-    assert len(before) == 5  # W⁰ and V, and a's t, α and fingerprint
-    a_before, b_before = _np(a).copy(), _np(b).copy()
-    bad = rng.normal(size=a.shape).astype("float32")
-    bad[2, 1] = np.nan
-    optimizer.apply([bad, rng.normal(size=b.shape).astype("float32")], [a, b])
-    np.testing.assert_array_equal(_np(a), a_before)
-    assert not np.array_equal(_np(b), b_before)
-    for name, value in state_of_a().items():
-        np.testing.assert_array_equal(value, before[name], err_msg=name)
-    assert _np(optimizer._steps[1 - index].read()) == 4  # b stepped
-    bad[2, 1] = np.inf
-    optimizer.apply([bad, bad * 0.0], [a, b])
-    np.testing.assert_array_equal(_np(a), a_before)
+def _applier(optimizer, variables):
+    return lambda *grads: optimizer.apply(list(grads), variables)
 
 
-@pytest.mark.parametrize(
-    "entries, dtype, expected",
-    [
-        ([1.0, np.nan, 2.0], "float32", False),
-        ([1.0, np.inf, 2.0], "float32", False),
-        ([-np.inf, 1.0, np.inf], "float32", False),  # Inf − Inf is NaN, still caught
-        ([1e30] * 100, "float32", True),  # large but finite: the sum is 1e32
-        ([6e4] * 8, "float16", True),  # the sum overflows float16, not float32
-        ([1.0, np.inf], "float16", False),
-    ],
-)
-def test_non_finite_guard(entries, dtype, expected):
-    gradient = ops.convert_to_tensor(np.asarray(entries, dtype=dtype))
-    assert bool(all_finite(gradient)) is expected
-    assert bool(tf.function(all_finite, jit_compile=True)(gradient)) is expected
+@pytest.mark.parametrize("jit", [False, True])
+def test_non_finite_gradient_entries_count_as_zero(jit):
+    """No NaN or Inf reaches weights or state: such entries count as 0."""
+    pairs = []
+    for _ in range(2):
+        a, b = _variable(name="a"), _variable(name="b")
+        optimizer = kr.RMDA(0.1, 0.1, regularizer=kr.GroupLasso(0.05))
+        optimizer.build([a, b])
+        apply = _applier(optimizer, [a, b])
+        pairs.append((optimizer, (a, b), tf.function(apply, jit_compile=True) if jit else apply))
+    start = [_np(v).copy() for v in pairs[0][1]]
+    for _, variables, _ in pairs[1:]:
+        for v, w in zip(variables, start):
+            v.assign(w)
+    for step in range(3):
+        good = rng.normal(size=(8, 4)).astype("float32")
+        other = rng.normal(size=(8, 4)).astype("float32")
+        bad, zeroed = good.copy(), good.copy()
+        bad[2, 1], bad[5, 0], bad[7, 3] = np.nan, np.inf, -np.inf
+        zeroed[2, 1] = zeroed[5, 0] = zeroed[7, 3] = 0.0
+        pairs[0][2](bad, other)
+        pairs[1][2](zeroed, other)
+    (with_bad, bad_vars, _), (with_zeros, zero_vars, _) = pairs
+    for x, y in zip(list(bad_vars) + with_bad.variables, list(zero_vars) + with_zeros.variables):
+        assert np.isfinite(_np(x)).all()
+        np.testing.assert_array_equal(_np(x), _np(y))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_zero_non_finite(dtype):
+    gradient = np.asarray([1.0, np.nan, -2.0, np.inf, -np.inf, 6e4], dtype=dtype)
+    expected = np.asarray([1.0, 0.0, -2.0, 0.0, 0.0, 6e4], dtype=dtype)
+    np.testing.assert_array_equal(_np(zero_non_finite(ops.convert_to_tensor(gradient))), expected)
 
 
 def test_weight_decay_is_coupled_l2():
@@ -359,8 +335,9 @@ def test_base_arguments_work_in_fit(kwargs):
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     history = model.fit(*_data(), batch_size=32, epochs=2, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
-    steps = 4 * 2 // kwargs.get("gradient_accumulation_steps", 1)
-    assert int(_np(model.optimizer.iterations)) == steps
+    # t counts updates: one per `gradient_accumulation_steps` calls.
+    updates = 4 * 2 // kwargs.get("gradient_accumulation_steps", 1)
+    assert float(_np(model.optimizer.stage_step)) == updates
 
 
 def test_nuclear_norm_trains_under_xla_on_a_large_kernel():

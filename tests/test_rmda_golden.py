@@ -6,7 +6,6 @@ import pytest
 
 import keras_rmda as kr
 from keras_rmda import groups
-from keras_rmda.optimizers import plain_graph
 
 import compiled
 import numpy_reference as ref
@@ -95,16 +94,30 @@ def test_rmda_matches_reference_with_a_learning_rate_schedule():
     assert worst <= 1e-5 and saw_zero
 
 
-@pytest.mark.parametrize("kind, grouping, kept_axis, strength", [
-    ("group_lasso", groups.InputChannels(), 2, 1.3), ("l1", groups.InputChannels(), None, 0.3)])
-def test_rmda_matches_reference_with_the_two_pass_update(kind, grouping, kept_axis, strength,
-                                                         monkeypatch):
-    """The slots-then-weights passes that variable sets of SPLIT_MIN_SIZE weights get."""
-    monkeypatch.setattr(plain_graph, "SPLIT_MIN_SIZE", 0)
-    worst, saw_structure = _run(CONV, grouping, kind, kept_axis, strength, 0.1, 0.05)
-    assert worst <= 1e-5 and saw_structure
-
-
 def test_rmda_matches_reference_under_xla():
     worst, saw_zero = _run(CONV, groups.InputChannels(), "group_lasso", 2, 1.3, 0.1, 0.05, jit=True)
     assert worst <= 1e-5 and saw_zero
+
+
+def test_the_pure_rule_matches_the_reference():
+    """`rmda_update` alone, fed numpy state: the function a reader holds next
+    to docs/algorithms.md, against the reference."""
+    from keras_rmda.optimizers.rmda import rmda_update
+
+    rng = np.random.default_rng(1)
+    start = rng.normal(size=DENSE)
+    strength, kept_axis = 0.6, 0
+    reference = ref.RMDA(start, 0.1, strength, ref.make_prox("group_lasso", kept_axis))
+    prox = lambda z, tau: kr.prox.prox_group_lasso(  # noqa: E731
+        z, tau * strength * np.sqrt(DENSE[1]), (1,))
+    target = rng.normal(size=DENSE) * 0.3
+    w, w0, v, t, alpha = start.astype("float32"), start.astype("float32"), 0 * start, 0, 0.0
+    for _ in range(24):
+        g = reference.w - target + 0.5 * rng.normal(size=DENSE)
+        t += 1
+        alpha += 0.05 * np.sqrt(t)
+        w, v = rmda_update(w, w0, v.astype("float32"), g.astype("float32"), learning_rate=0.05,
+                           momentum=0.1, step=float(t), alpha=alpha, prox=prox)
+        w, v = keras.ops.convert_to_numpy(w), keras.ops.convert_to_numpy(v)
+        np.testing.assert_allclose(w, reference.step(g, 0.05), atol=1e-5)
+    assert (reference.w_tilde == 0).any()

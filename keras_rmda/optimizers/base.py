@@ -1,16 +1,18 @@
-"""Plumbing shared by every proximal optimizer of keras_rmda.
+"""What every proximal optimizer of keras_rmda shares.
 
 `ProximalOptimizer` reads each variable's grouping once, in `build()`, and
-keeps it by variable index (under `tf.distribute` `update_step` receives raw
-`tf.Variable`s without `.constraint`). It folds `weight_decay` into the
-gradient, skips a variable's step when its gradient is not finite, commits
-the new values a subclass's update rule returns (to variables, or to entries
-of `tables`), and keeps a per-variable fingerprint (a small sample) of the
-last weights it wrote, so weights changed from outside can be noticed. A
-subclass implements `update_rule` (the rule only), or splits it into
-`slot_rule` and `weight_rule` (see `update_rule`).
+keeps it by variable index: under `tf.distribute`, `update_step` receives
+raw `tf.Variable`s without `.constraint`. It prepares each gradient (coupled
+weight decay, non-finite entries made zero) and hands the variable's
+proximal map to the subclass's `update_step`, which calls its optimizer's
+pure update function and assigns the result, as Keras's own optimizers do.
+
+Only public Keras and TensorFlow APIs are used here: the variable index is
+this class's own (see `VariableIndex`), and weight decay is coupled by this
+class, not by Keras's (decoupled) base implementation.
 """
 
+import re
 import warnings
 
 import keras
@@ -19,13 +21,6 @@ from keras import ops
 from keras_rmda import _checks
 from keras_rmda import groups as groups_lib
 from keras_rmda import regularizers as regularizers_lib
-from keras_rmda.optimizers import tables
-from keras_rmda.optimizers.finite import all_finite
-from keras_rmda.optimizers.fingerprint import fingerprint
-from keras_rmda.optimizers.fingerprint import fingerprint_size
-from keras_rmda.optimizers.fingerprint import fingerprints_differ
-from keras_rmda.optimizers.plain_graph import PlainGraphFusion
-from keras_rmda.optimizers.plain_graph import in_xla_context
 
 
 def proximal_optimizer_of(model_or_optimizer):
@@ -35,7 +30,71 @@ def proximal_optimizer_of(model_or_optimizer):
     return optimizer if isinstance(optimizer, ProximalOptimizer) else None
 
 
-class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
+def zero_non_finite(gradient):
+    """The gradient with NaN and Inf entries replaced by 0.
+
+    A select that fuses into the update that reads the gradient (no pass of
+    its own under XLA), so no NaN or Inf can reach weights or optimizer
+    state; like `optax.zero_nans`, for Inf too.
+    """
+    return ops.where(ops.isfinite(gradient), gradient, ops.zeros_like(gradient))
+
+
+class VariableIndex:
+    """Model variable → its position in the list the optimizer was built on.
+
+    Keras passes `update_step` the `keras.Variable` (JAX), the `tf.Variable`
+    behind it (TensorFlow) or, under a `tf.distribute` strategy, one
+    replica's component of it; all three are registered, the components
+    through the public `Strategy.experimental_local_results`.
+    """
+
+    def __init__(self, variables):
+        # Held here, not as a list attribute of the optimizer, which Keras
+        # would track as optimizer variables.
+        self.variables = tuple(variables)
+        self._positions = {}
+        for position, variable in enumerate(variables):
+            for handle in _handles(variable):
+                self._positions[id(handle)] = position
+        # The handles stay referenced, so that no id is reused.
+        self._handles = [_handles(v) for v in variables]
+
+    def get(self, variable):
+        return self._positions.get(id(variable))
+
+    def __call__(self, variable):
+        position = self.get(variable)
+        if position is None:
+            raise KeyError(
+                f"Variable {getattr(variable, 'path', variable.name)!r} is not "
+                "one the optimizer was built on."
+            )
+        return position
+
+
+def _handles(variable):
+    handles = [variable]
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        value = variable.value if isinstance(variable, keras.Variable) else variable
+        handles.append(value)
+        if isinstance(value, tf.distribute.DistributedValues):
+            strategy = tf.distribute.get_strategy()
+            handles.extend(strategy.experimental_local_results(value))
+    return handles
+
+
+class _DecayExclusions:
+    """`exclude_from_weight_decay`'s arguments (an object: Keras would track
+    a list of variables held by the optimizer as its own variables)."""
+
+    def __init__(self, variables, pattern):
+        self.variables, self.pattern = variables, pattern
+
+
+class ProximalOptimizer(keras.optimizers.Optimizer):
     """Base class of optimizers with a proximal step for a regulariser.
 
     Args:
@@ -54,12 +113,14 @@ class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
         weight_decay: coupled L2: `weight_decay · W` is added to the gradient
             (the smooth term ½·wd·‖W‖² in the loss, like PyTorch SGD's
             `weight_decay`); `exclude_from_weight_decay` is honoured.
-            Decoupled decay would be undone by dual averaging.
+            Decoupled decay would be undone by dual averaging. Kept as
+            `l2_weight_decay` (Keras's `weight_decay` attribute means the
+            decoupled kind and stays None).
         use_ema: not supported (an average of iterates loses the exact
             zeros); True raises ValueError.
 
-    A step whose gradient for a variable holds NaN or Inf leaves that
-    variable and all of its optimizer state unchanged.
+    Gradient entries that are NaN or Inf count as 0: no NaN or Inf ever
+    reaches the weights or the optimizer state.
     """
 
     def __init__(
@@ -69,6 +130,7 @@ class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
         groups="auto",
         finalize=True,
         use_ema=False,
+        weight_decay=None,
         **kwargs,
     ):
         if use_ema:
@@ -80,11 +142,14 @@ class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
             )
         learning_rate = _checks.learning_rate(learning_rate)
         groups_lib.validate_groups_argument(groups)
-        kwargs = _checks.optimizer_kwargs(kwargs)
+        kwargs = _checks.optimizer_kwargs({**kwargs, "weight_decay": weight_decay})
+        weight_decay = kwargs.pop("weight_decay", None)
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.regularizer = regularizers_lib.get(regularizer)
         self.groups = groups
         self.finalize = bool(finalize)
+        self.l2_weight_decay = weight_decay
+        self._decay_excluded = _DecayExclusions([], None)
 
     @property
     def learning_rate(self):
@@ -97,6 +162,17 @@ class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
         learning_rate = _checks.learning_rate(learning_rate)
         keras.optimizers.Optimizer.learning_rate.fset(self, learning_rate)
 
+    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+        """Exclude variables (or those whose name contains one of
+        `var_names`) from the coupled weight decay; call before `build`."""
+        if self.built:
+            raise ValueError(
+                "`exclude_from_weight_decay()` can only be configured before "
+                "the optimizer is built."
+            )
+        pattern = "|".join(re.escape(name) for name in var_names) if var_names else None
+        self._decay_excluded = _DecayExclusions(list(var_list or []), pattern)
+
     # --- build: groups read once, kept by variable index ---------------------
 
     def build(self, variables):
@@ -105,17 +181,12 @@ class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
         # Resolve and check every grouping before any state is created.
         resolved = [self._resolve_groups(v) for v in variables]
         super().build(variables)
+        self.variable_index = VariableIndex(variables)
         self._variable_groups = [r[0] for r in resolved]
-        self._extra_constraints = [r[1] for r in resolved]
-        self._decayed = [
-            self.weight_decay is not None and self._use_weight_decay(v)
-            for v in variables
-        ]
-        self._tables = []
-        self._fingerprints = self.add_table(
-            [(fingerprint_size(v.shape),) for v in variables], "fingerprints"
-        )
-        self._fused_updates = {}
+        self._constraints = [r[1] for r in resolved]
+        self._decayed = [self._uses_weight_decay(v) for v in variables]
+        if self.gradient_accumulation_steps:
+            self._apply_calls = self.add_scalar("apply_calls", 0, dtype="int64")
         self._warn_about_unclassified_kernels(variables)
 
     def _resolve_groups(self, variable):
@@ -129,6 +200,14 @@ class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
         if isinstance(declared, groups_lib.Grouping):
             declared = declared.constraint
         return groups, declared
+
+    def _uses_weight_decay(self, variable):
+        if self.l2_weight_decay is None:
+            return False
+        excluded = self._decay_excluded
+        if any(variable is v for v in excluded.variables):
+            return False
+        return excluded.pattern is None or re.search(excluded.pattern, variable.name) is None
 
     def _warn_about_unclassified_kernels(self, variables):
         if self.regularizer is None or self.groups != "auto":
@@ -154,12 +233,9 @@ class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
                 stacklevel=3,
             )
 
-    def add_table(self, shapes, name):
-        """One optimizer variable holding an entry of `shapes[i]` for model
-        variable i (a `tables.Table`: small per-variable state)."""
-        table = tables.Table(self, shapes, name)
-        self._tables.append(table)
-        return table
+    @property
+    def _model_variables(self):
+        return self.variable_index.variables
 
     def add_hyperparameter(self, value, name):
         """A non-trainable scalar variable the traced step reads.
@@ -167,162 +243,102 @@ class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
         A variable, not a Python float: callbacks change it between steps,
         and a float would be frozen into the traced train step.
         """
-        with keras.name_scope(self.name, caller=self):
-            return keras.Variable(
-                value,
-                name=name,
-                dtype=keras.backend.floatx(),
-                trainable=False,
-                aggregation="only_first_replica",
-            )
+        return self.add_scalar(name, value, dtype=keras.backend.floatx())
+
+    def add_scalar(self, name, value=0.0, dtype="float32"):
+        """A scalar optimizer variable, written once per step for the whole
+        optimizer (under a strategy: from the first replica)."""
+        return self.add_variable(
+            (), initializer=keras.initializers.Constant(value), dtype=dtype,
+            aggregation="only_first_replica", name=name,
+        )
+
+    def add_slots(self, variables, name):
+        """One optimizer variable of each model variable's shape, zeros."""
+        return [self.add_variable_from_reference(v, name) for v in variables]
 
     def tracks(self, variable):
         """True if the optimizer was built on this model variable."""
-        return self.built and self._var_key(variable) in self._trainable_variables_indices
+        return self.built and self.variable_index.get(variable) is not None
 
     def groups_of(self, variable):
         """The resolved `VariableGroups` of a model variable (None: unregularised)."""
-        return self._variable_groups[self._get_variable_index(variable)]
+        return self._variable_groups[self.variable_index(variable)]
 
-    # --- the regularised proximal map ----------------------------------------
+    # --- the step ---------------------------------------------------------------
+
+    def apply(self, grads, trainable_variables=None):
+        """Keras's `apply`, between `begin_step` and `end_step`.
+
+        Keras calls `update_step` once per variable; state that is one per
+        optimizer (a stage's t and α, Adam's step count) advances once per
+        step, in `begin_step`.
+        """
+        if not self.built and trainable_variables is not None:
+            with keras.name_scope(self.name, caller=self):
+                self.build(list(trainable_variables))
+            self.built = True
+        if not self.built or not len(grads):
+            return super().apply(grads, trainable_variables)
+        updating = self._updating_call()
+        self.begin_step(updating)
+        super().apply(grads, trainable_variables)
+        self.end_step(updating)
+
+    def _updating_call(self):
+        """None when every call updates the weights; with
+        `gradient_accumulation_steps`, a scalar bool (this class's own count
+        of calls, as the meaning of Keras's `iterations` changed with it)."""
+        steps = self.gradient_accumulation_steps
+        if not steps:
+            return None
+        calls = self._apply_calls + 1
+        self._apply_calls.assign(calls)
+        return ops.equal(ops.mod(calls, steps), 0)
+
+    def begin_step(self, updating):
+        """Advance the optimizer-wide state, where `updating` (None: always)."""
+
+    def end_step(self, updating):
+        """Runs after Keras's `apply` (weights updated, constraints applied)."""
+
+    @staticmethod
+    def advanced(updating, new, old):
+        """`new` where this call updates the weights, else `old`."""
+        if updating is None:
+            return new
+        return ops.where(updating, ops.convert_to_tensor(new), ops.convert_to_tensor(old))
+
+    # --- what update_step uses -------------------------------------------------
 
     def regularized(self, index):
         return self.regularizer is not None and self._variable_groups[index] is not None
 
-    def prox(self, index, z, step_threshold):
-        """prox of `step_threshold · λ·ψ` for variable `index` (identity if unregularised)."""
+    def prox_map(self, index):
+        """`prox(z, step)`: prox of `step·λψ` for variable `index` at z
+        (identity for an unregularised variable)."""
         if not self.regularized(index):
-            return z
+            return lambda z, step: z
         groups = self._variable_groups[index]
-        threshold = ops.cast(step_threshold, z.dtype) * self.regularizer.threshold_scale(groups)
-        return self.regularizer.prox(z, threshold, groups)
+        scale = self.regularizer.threshold_scale(groups)
 
-    # --- the step: decay, non-finite guard, commit ---------------------------
+        def prox(z, step):
+            return self.regularizer.prox(z, ops.cast(step, z.dtype) * scale, groups)
 
-    def _apply_weight_decay(self, variables):
-        """Weight decay is folded into the gradient in `update_step`."""
+        return prox
 
-    def update_step(self, gradient, variable, learning_rate):
-        """One variable's step (under XLA, under a strategy, on other backends,
-        and in the compiled calls of `PlainGraphFusion` for small variables)."""
-        index = self._get_variable_index(variable)
-        # Inside XLA a select fuses into the update's pass while a conditional
-        # would copy the slots through its outputs; in a plain graph a rarely
-        # taken branch costs nothing while a select is one more pass.
-        branch_free = in_xla_context() or keras.backend.backend() != "tensorflow"
-        self._start_stage_if_due(index, variable, branch_free=branch_free)
-        self._update_variable(index, gradient, variable, learning_rate)
-
-    def _update_variable(self, index, gradient, variable, learning_rate, record_fingerprint=True):
-        gradient, learning_rate = self._prepare(index, gradient, variable, learning_rate)
-        new_weights, slot_updates = self.update_rule(index, variable, gradient, learning_rate)
-        new_weights = self._constrain(index, new_weights)
-        commits = slot_updates + [(variable, new_weights)]
-        if record_fingerprint:
-            commits.append((self._fingerprints[index], fingerprint(new_weights)))
-        self._commit_if(all_finite(gradient), commits)
-
-    def _prepare(self, index, gradient, variable, learning_rate):
-        """The gradient in the variable's dtype with coupled weight decay, and η."""
-        gradient = ops.cast(ops.convert_to_tensor(gradient), variable.dtype)
-        learning_rate = ops.cast(learning_rate, variable.dtype)
+    def prepared_gradient(self, index, gradient, variable):
+        """The gradient in the variable's dtype, non-finite entries zeroed,
+        plus the coupled weight decay."""
+        gradient = zero_non_finite(ops.cast(gradient, variable.dtype))
         if self._decayed[index]:
-            gradient = gradient + ops.cast(self.weight_decay, variable.dtype) * variable
-        return gradient, learning_rate
+            gradient = gradient + ops.cast(self.l2_weight_decay, variable.dtype) * variable
+        return gradient
 
-    def _constrain(self, index, new_weights):
-        extra = self._extra_constraints[index]
-        # Applied before the fingerprint is taken.
-        return new_weights if extra is None else extra(new_weights)
-
-    def _commit_if(self, finite, commits):
-        # Selecting on a scalar fuses into the update's single pass under XLA.
-        for target, value in commits:
-            self.assign(target, ops.where(finite, value, tables.read(target)))
-
-    def assign(self, variable, value):
-        """Keras's `assign`, which also sets a `tables.Entry` (`tables.write`)."""
-        if tables.is_entry(variable):
-            tables.write(super().assign, variable, value)
-        else:
-            super().assign(variable, value)
-
-    def held_table_writes(self):
-        """Context in which entry writes are held, then each table written once."""
-        return tables.held_writes(self._tables, self.assign)
-
-    # --- stages: state a subclass resets at restart() and when due -------------
-
-    def stage_due(self, index, variable):
-        """Scalar bool: must the variable start a new stage now? (None: no stages)."""
-        return None
-
-    def stage_reset(self, index, variable):
-        """`[(slot, value), ...]` that starts a new stage from the current weights."""
-        return []
-
-    def _start_stage_if_due(self, index, variable, branch_free):
-        """Reset the variable's stage state where `stage_due`.
-
-        A stage that is due starts even if this step's gradient turns out not
-        finite: the state it resets is unused at t = 0 either way.
-        """
-        due = self.stage_due(index, variable)
-        if due is None:
-            return
-        if branch_free:
-            for slot, value in self.stage_reset(index, variable):
-                self.assign(slot, ops.where(due, value, tables.read(slot)))
-            return
-        import tensorflow as tf
-
-        def reset():
-            for slot, value in self.stage_reset(index, variable):
-                self.assign(slot, value)
-
-        tf.cond(due, reset, lambda: None)
-
-    def update_rule(self, index, variable, gradient, learning_rate):
-        """One variable's step: `(new weights, [(slot, new value), ...])`.
-
-        Pure: the base assigns the values (or drops them on a non-finite
-        gradient). Slots are read as they are before the step.
-
-        A rule whose new weights depend on the gradient only through the new
-        slot values implements `slot_rule` and `weight_rule` instead; the
-        base then runs them in two passes where that is faster.
-        """
-        if not self._split_rule():
-            raise NotImplementedError
-        slot_updates = self.slot_rule(index, variable, gradient, learning_rate)
-        new_values = {id(slot): value for slot, value in slot_updates}
-
-        def read(slot):
-            return new_values[id(slot)] if id(slot) in new_values else tables.read(slot)
-
-        return self.weight_rule(index, variable, read), slot_updates
-
-    def slot_rule(self, index, variable, gradient, learning_rate):
-        """The first half of a split rule: `[(slot, new value), ...]`."""
-        raise NotImplementedError
-
-    def weight_rule(self, index, variable, read):
-        """The second half: the new weights, reading slots' new values as `read(slot)`."""
-        raise NotImplementedError
-
-    def _split_rule(self):
-        return type(self).slot_rule is not ProximalOptimizer.slot_rule
-
-    def changed_from_outside(self, index, variable):
-        """True when `variable` no longer holds the weights this optimizer wrote."""
-        return fingerprints_differ(fingerprint(variable), self._fingerprints[index].read())
-
-    def record_fingerprints(self, variables=None):
-        """Accept the variables' current weights as written by this optimizer."""
-        tables.assign_all(self.assign, [
-            (self._fingerprints[self._get_variable_index(v)], fingerprint(v))
-            for v in variables or self._trainable_variables
-        ])
+    def constrained(self, index, weights):
+        """`weights` under the variable's non-grouping constraint (if any)."""
+        constraint = self._constraints[index]
+        return weights if constraint is None else constraint(weights)
 
     # --- end of fit ------------------------------------------------------------
 
@@ -334,26 +350,23 @@ class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
         """Set every variable to its prox point when `finalize=True`."""
         if not self.finalize or not self.built:
             return
-        tracked = [v for v in var_list if self.tracks(v)]
-        for variable in tracked:
+        for variable in [v for v in var_list if self.tracks(v)]:
             variable.assign(self.prox_point(variable))
-        self.record_fingerprints(tracked)
 
     def penalty(self, variables=None):
         """λψ summed over `variables` (default: all the optimizer was built on)."""
         total = ops.convert_to_tensor(0.0)
         if self.regularizer is None:
             return total
-        for variable in variables or self._trainable_variables:
+        for variable in variables or self._model_variables:
             groups = self.groups_of(variable)
             total = total + ops.cast(self.regularizer.penalty(variable, groups), "float32")
         return total
 
     def get_config(self):
         config = super().get_config()
-        config.pop("use_ema", None)
-        config.pop("ema_momentum", None)
-        config.pop("ema_overwrite_frequency", None)
+        for key in ("use_ema", "ema_momentum", "ema_overwrite_frequency"):
+            config.pop(key, None)
         config.update(
             {
                 "regularizer": (
@@ -363,6 +376,7 @@ class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
                 ),
                 "groups": self.groups,
                 "finalize": self.finalize,
+                "weight_decay": self.l2_weight_decay,
             }
         )
         return config
@@ -375,4 +389,3 @@ class ProximalOptimizer(PlainGraphFusion, keras.optimizers.Optimizer):
                 config["regularizer"], custom_objects=custom_objects
             )
         return super().from_config(config, custom_objects=custom_objects)
-

@@ -1,27 +1,35 @@
-"""Stage plumbing shared by the dual-averaging optimizers (RMDA, RAMDA).
+"""The stage shared by the dual-averaging optimizers (RMDA, RAMDA).
 
-Per variable: W⁰ (the stage's starting point), V (the weighted gradient
-sum), t (steps in the stage) and α (the sum of step weights). A new stage
-starts for all variables at `restart()`, and for one variable on its first
-step (t = 0) or when its weights were changed from outside since the
-optimizer last wrote them (`set_weights`, loading weights after build): the
-dual average would otherwise pull them back towards the old W⁰.
+As in the paper, t (steps in the stage) and α (the sum of step weights) are
+one scalar each for the whole optimizer; W⁰ (the stage's starting point) and
+V (the weighted gradient sum) are per variable. A stage starts
+
+- at `build` and at every `restart()`, eagerly: W⁰ ← W, V ← 0, t ← 0, α ← 0;
+- inside a step, when the weights were changed from outside since the
+  optimizer last wrote them (`set_weights`, `load_weights`, a callback's
+  `assign`): the dual average would otherwise pull them back towards the
+  old W⁰. One check per step for the whole model (`fingerprint`); a change
+  starts a new stage for every variable.
+
+`begin_step` advances t and α once per step, before Keras calls
+`update_step` for each variable; `update_step` sees the new t, and t = 1
+tells it that the stage starts with this step (W⁰ ← W, V ← 0).
 """
 
+import keras
 from keras import ops
 
 from keras_rmda.optimizers import base
-from keras_rmda.optimizers import tables
+from keras_rmda.optimizers import fingerprint as fingerprint_lib
 from keras_rmda.optimizers.momentum import NewPointMomentum
 from keras_rmda.optimizers.momentum import check_momentum
 
 
 class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
-    """Base class holding momentum c, W⁰, V, t, α, `restart()` and `prox_point`.
+    """Base class holding c, W⁰, V, t, α, `restart()` and `prox_point`.
 
-    Subclasses implement `dual_prox(index, variable, step, alpha, sums)`: the
-    prox point W̃ from the (possibly just updated) state, and `update_rule`
-    (or `slot_rule` and `weight_rule`, as RMDA does).
+    Subclasses implement `dual_prox(index, step, alpha)`: the prox point W̃
+    of variable `index` from its stored state.
     """
 
     def __init__(self, learning_rate, momentum, **kwargs):
@@ -33,24 +41,74 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
         if self.built:
             return
         super().build(variables)
-        self._initial_points, self._gradient_sums = self.add_optimizer_variables(
-            variables, ["initial_point", "gradient_sum"]
+        self._initial_points = self.add_slots(variables, "initial_point")
+        self._gradient_sums = self.add_slots(variables, "gradient_sum")
+        self.stage_step = self.add_scalar("stage_step")
+        self.stage_alpha = self.add_scalar("stage_alpha")
+        sizes = [fingerprint_lib.sample_size(v.shape) for v in variables]
+        self._fingerprint = self.add_variable((sum(sizes),), dtype="float32",
+                                              aggregation="only_first_replica",
+                                              name="fingerprint")
+        self._fingerprint_offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+        # Eagerly, also when `apply` builds inside a traced step: W⁰ is
+        # initialised from the weights, which a traced step cannot lift.
+        with _init_scope():
+            for variable, initial_point in zip(variables, self._initial_points):
+                initial_point.assign(variable)
+            self._record_fingerprint(None)
+
+    # --- the stage -------------------------------------------------------------
+
+    def begin_step(self, updating):
+        changed = fingerprint_lib.differs(
+            fingerprint_lib.fingerprint(self._model_variables), self._fingerprint
         )
-        # t and α of every variable: one entry each of two shared vectors.
-        self._steps = self.add_table([()] * len(variables), "stage_steps")
-        self._alphas = self.add_table([()] * len(variables), "alphas")
+        step = ops.where(changed, 0.0, ops.convert_to_tensor(self.stage_step)) + 1.0
+        scale = ops.cast(self.learning_rate, "float32") * ops.sqrt(step)  # s = η·√t
+        alpha = ops.where(changed, 0.0, ops.convert_to_tensor(self.stage_alpha)) + scale
+        self.stage_step.assign(self.advanced(updating, step, self.stage_step))
+        self.stage_alpha.assign(self.advanced(updating, alpha, self.stage_alpha))
+        if keras.backend.backend() != "tensorflow":
+            # A traced, stateless step: one branch for the whole model picks
+            # W or the stored W⁰, and costs a pass only when it is taken.
+            starts = ops.equal(step, 1.0)
+            if updating is not None:
+                starts = ops.logical_and(starts, updating)
+            initial_points = ops.cond(
+                starts,
+                lambda: [ops.convert_to_tensor(v) for v in self._model_variables],
+                lambda: [ops.convert_to_tensor(w) for w in self._initial_points],
+            )
+            for slot, value in zip(self._initial_points, initial_points):
+                slot.assign(value)
 
-    # --- stages ----------------------------------------------------------------
+    def end_step(self, updating):
+        self._record_fingerprint(updating)
 
-    def stage_reset(self, index, variable):
-        """`[(slot, value), ...]` that starts a new stage from the current weights."""
-        sums = self._gradient_sums[index]
-        return [
-            (self._initial_points[index], ops.convert_to_tensor(variable)),
-            (sums, ops.zeros(sums.shape, sums.dtype)),
-            (self._steps[index], ops.zeros(())),
-            (self._alphas[index], ops.zeros(())),
-        ]
+    def _record_fingerprint(self, updating):
+        current = fingerprint_lib.fingerprint(self._model_variables)
+        self._fingerprint.assign(self.advanced(updating, current, self._fingerprint))
+
+    def stage_starts(self):
+        """Scalar bool: does the stage start with this step (t = 1)?"""
+        return ops.equal(ops.convert_to_tensor(self.stage_step), 1.0)
+
+    def stage_state(self, index, variable):
+        """`(W⁰, V)` for this step: W and 0 on the first step of a stage
+        (W⁰ is then stored; V is stored by the update)."""
+        fresh = self.stage_starts()
+        initial_point = self._initial_points[index]
+        if keras.backend.backend() == "tensorflow":
+            # Per variable, in its own update: under a distribution strategy
+            # that runs on each replica's copy, where `begin_step`, in the
+            # replica context, could not assign W⁰. A graph runs a branch only
+            # when it is taken.
+            def start_stage():
+                initial_point.assign(variable)
+
+            ops.cond(fresh, start_stage, lambda: None)
+        sums = ops.convert_to_tensor(self._gradient_sums[index])
+        return ops.convert_to_tensor(initial_point), ops.where(fresh, ops.zeros_like(sums), sums)
 
     def restart(self):
         """Start a new stage for every variable: W⁰ ← W, V ← 0, α ← 0, t ← 0.
@@ -60,26 +118,25 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
         """
         if not self.built:
             return
-        tables.assign_all(self.assign, [
-            pair
-            for index, variable in enumerate(self._trainable_variables)
-            for pair in self.stage_reset(index, variable)
-        ])
-        self.record_fingerprints()
+        for variable, initial_point, sums in zip(
+            self._model_variables, self._initial_points, self._gradient_sums
+        ):
+            initial_point.assign(variable)
+            sums.assign(ops.zeros_like(sums))
+        self.stage_step.assign(0.0)
+        self.stage_alpha.assign(0.0)
+        self._record_fingerprint(None)
 
-    def stage_due(self, index, variable):
-        """On the first step of a stage, or after the weights changed from outside."""
-        return ops.logical_or(
-            ops.equal(self._steps[index].read(), 0.0),
-            self.changed_from_outside(index, variable),
-        )
-
-    def stage_state(self, index):
-        return self._steps[index].read(), self._alphas[index].read(), self._gradient_sums[index]
+    def changed_from_outside(self, variable):
+        """True when `variable` no longer holds the weights this optimizer wrote."""
+        index = self.variable_index(variable)
+        start, end = self._fingerprint_offsets[index : index + 2]
+        recorded = self._fingerprint[start:end]
+        return fingerprint_lib.differs(fingerprint_lib.fingerprint([variable]), recorded)
 
     # --- the prox point ----------------------------------------------------------
 
-    def dual_prox(self, index, variable, step, alpha, sums):
+    def dual_prox(self, index, step, alpha):
         raise NotImplementedError
 
     def prox_point(self, variable):
@@ -90,19 +147,32 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
         The variable's other constraint (`NonNeg`, ...) applies to W̃ as to
         every step's weights: the model `fit` leaves must satisfy it.
         """
-        index = self._get_variable_index(variable)
-        step, alpha, sums = self.stage_state(index)
+        index = self.variable_index(variable)
+        step = ops.convert_to_tensor(self.stage_step)
         live = ops.logical_and(
-            ops.greater(step, 0.0),
-            ops.logical_not(self.changed_from_outside(index, variable)),
+            ops.greater(step, 0.0), ops.logical_not(self.changed_from_outside(variable))
         )
         # Guard t = 0 against 0/0: that branch is discarded anyway.
-        safe_step = ops.maximum(step, 1.0)
-        point = self._constrain(index, self.dual_prox(index, variable, safe_step, alpha, sums))
-        return ops.where(live, point, ops.convert_to_tensor(variable))
+        point = self.dual_prox(index, ops.maximum(step, 1.0), self.stage_alpha)
+        return ops.where(live, self.constrained(index, point), ops.convert_to_tensor(variable))
+
+    def finalize_variable_values(self, var_list):
+        super().finalize_variable_values(var_list)
+        if self.finalize and self.built:
+            # The prox point is the optimizer's own write, not an outside one.
+            self._record_fingerprint(None)
 
     def get_config(self):
         config = super().get_config()
         config.update(self._momentum_config())
         return config
 
+
+def _init_scope():
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.init_scope()
+    import contextlib
+
+    return contextlib.nullcontext()

@@ -1,50 +1,50 @@
-"""Fingerprints of the weights an optimizer wrote, to notice outside changes.
+"""A fingerprint of a model's weights, to notice writes from outside.
 
-Weights changed between steps by `set_weights` or `load_weights` must start a
-new stage instead of being pulled back by the dual average; a small sample
-of the weights, kept after every write, tells them apart at no cost.
+A strided sample of every variable's weights, in one float32 vector: the
+dual-averaging optimizers record it after each step and compare it with the
+weights before the next, one comparison for the whole model.
 """
 
 import math
 
 from keras import ops
 
-# At most this many weights make a variable's fingerprint: enough to see any
-# write that replaces the tensor (set_weights, load_weights), at no
-# measurable cost.
-FINGERPRINT_SAMPLES = 4096
+# At most this many weights of each variable enter the fingerprint: any
+# write that replaces a tensor (`set_weights`, `load_weights`) changes them.
+SAMPLES_PER_VARIABLE = 1024
 
-# Two fingerprints of the same weights may differ by rounding: XLA may
-# compute the value it stores and the value it fingerprints in different
-# fused loops (with and without FMA), off by an ulp of the *operands*, which
-# is relative to the tensor's scale, not to a cancelled result near zero.
+# Relative to the largest recorded weight. The recorded sample is read from
+# the stored weights, but XLA may recompute a sampled weight inside the
+# sampling loop with another rounding (FMA or not): an ulp of the operands.
 # A real change is far larger.
-FINGERPRINT_RTOL = 1e-5
+RELATIVE_TOLERANCE = 1e-5
 
 
-def fingerprint(w):
-    """An evenly strided sample of at most `FINGERPRINT_SAMPLES` weights.
-
-    All weights of a smaller tensor. Compared with `fingerprints_differ`, it
-    notices any write that touches a sampled weight by more than rounding,
-    which replacing the tensor always does; a change confined to unsampled
-    weights of a large tensor goes unnoticed. In float32, so that every
-    variable's fingerprint fits one table (`tables.Table`): exact for
-    16-bit weights, rounded for float64 ones.
-    """
-    w = ops.reshape(ops.convert_to_tensor(w), (-1,))
-    stride = -(-int(w.shape[0]) // FINGERPRINT_SAMPLES)
-    return ops.cast(w[::stride] if stride > 1 else w, "float32")
-
-
-def fingerprint_size(shape):
+def sample_size(shape):
+    """The number of weights a variable of `shape` contributes."""
     size = math.prod(int(d) for d in shape)
-    return len(range(0, size, -(-size // FINGERPRINT_SAMPLES)))
+    return len(range(0, size, _stride(size)))
 
 
-def fingerprints_differ(current, recorded):
-    """True if two fingerprints differ by more than rounding."""
-    # Two independent reductions over the same shape, which XLA fuses into
-    # one loop; `any(|d| > tol(max |recorded|))` would be two loops in a row.
+def _stride(size):
+    return max(1, -(-size // SAMPLES_PER_VARIABLE))
+
+
+def fingerprint(variables):
+    """The concatenated strided samples of `variables`, in float32.
+
+    A change confined to unsampled weights of a large variable goes
+    unnoticed; a write that replaces the tensor never does.
+    """
+    samples = []
+    for w in variables:
+        w = ops.reshape(ops.convert_to_tensor(w), (-1,))
+        stride = _stride(int(w.shape[0]))
+        samples.append(ops.cast(w[::stride] if stride > 1 else w, "float32"))
+    return ops.concatenate(samples) if len(samples) > 1 else samples[0]
+
+
+def differs(current, recorded):
+    """Scalar bool: do two fingerprints differ by more than rounding?"""
     largest_change = ops.max(ops.abs(current - recorded))
-    return largest_change > FINGERPRINT_RTOL * ops.max(ops.abs(recorded))
+    return largest_change > RELATIVE_TOLERANCE * ops.max(ops.abs(recorded))

@@ -54,7 +54,7 @@ class ProxGen(adaptive.AdaptiveProximalOptimizer):
         inner_tol: relative-change tolerance (≥ 0). Defaults to 1e-8.
         **kwargs: the base optimizer arguments (see `ProximalOptimizer`).
 
-    State: two tensors per variable (m, v) and a step count.
+    State: two tensors per variable (m, v) and the update count k (one scalar).
 
     Reference:
         J. Yun, A. C. Lozano, E. Yang. Adaptive Proximal Gradient Methods
@@ -89,15 +89,16 @@ class ProxGen(adaptive.AdaptiveProximalOptimizer):
         self.max_inner_steps = max_inner_steps
         self.inner_tol = inner_tol
 
-    def solve(self, index, variable, d, da, learning_rate):
+    def solve(self, index, d, da, weights, learning_rate):
+        # Proximal gradient started at W.
         return inner_solvers.proximal_gradient_with_zero_test(
             d,
             da,
             learning_rate,
             self.regularizer,
             self._variable_groups[index],
-            lambda y, step: self.prox(index, y, step),
-            ops.convert_to_tensor(variable),
+            self.prox_map(index),
+            ops.convert_to_tensor(weights),
             self.max_inner_steps,
             self.inner_tol,
         )

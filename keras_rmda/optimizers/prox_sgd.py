@@ -65,16 +65,34 @@ class ProxSGD(NewPointMomentum, base.ProximalOptimizer):
         if self.built:
             return
         super().build(variables)
-        self._momenta = self.add_optimizer_variables(variables, "momentum_buffer")
+        self._momenta = self.add_slots(variables, "momentum_buffer")
 
-    def update_rule(self, index, variable, gradient, learning_rate):
-        c = ops.cast(self._momentum, variable.dtype)
-        momentum = (1.0 - c) * self._momenta[index] + c * gradient
-        new_weights = self.prox(index, variable - learning_rate * momentum, learning_rate)
-        return new_weights, [(self._momenta[index], momentum)]
+    def update_step(self, gradient, variable, learning_rate):
+        index = self.variable_index(variable)
+        weights, momentum = prox_sgd_update(
+            variable,
+            self._momenta[index],
+            self.prepared_gradient(index, gradient, variable),
+            learning_rate=ops.cast(learning_rate, variable.dtype),
+            momentum=ops.cast(self.momentum, variable.dtype),
+            prox=self.prox_map(index),
+        )
+        self.assign(self._momenta[index], momentum)
+        self.assign(variable, weights)
 
     def get_config(self):
         config = super().get_config()
         config.update(self._momentum_config())
         return config
 
+
+def prox_sgd_update(weights, momentum_buffer, gradient, *, learning_rate, momentum, prox):
+    r"""One proximal SGD step of one variable; returns the new `(W, m)`.
+
+    ```
+    m ← (1 − c)·m + c·g
+    W ← prox_{η·λψ}(W − η·m)
+    ```
+    """
+    momentum_buffer = (1.0 - momentum) * momentum_buffer + momentum * gradient
+    return prox(weights - learning_rate * momentum_buffer, learning_rate), momentum_buffer

@@ -51,7 +51,7 @@ class ProxSSI(adaptive.AdaptiveProximalOptimizer):
         newton_tol: tolerance on |G(r)| (≥ 0). Defaults to 1e-6.
         **kwargs: the base optimizer arguments (see `ProximalOptimizer`).
 
-    State: two tensors per variable (m, v) and a step count.
+    State: two tensors per variable (m, v) and the update count k (one scalar).
 
     Reference:
         T. Deleu, Y. Bengio. Structured Sparsity Inducing Adaptive
@@ -86,9 +86,9 @@ class ProxSSI(adaptive.AdaptiveProximalOptimizer):
         self.max_newton_steps = max_newton_steps
         self.newton_tol = newton_tol
 
-    def solve(self, index, variable, d, da, learning_rate):
+    def solve(self, index, d, da, weights, learning_rate):
         groups = self._variable_groups[index]
-        axes = inner_solvers.separable_axes(self.regularizer, groups, len(variable.shape))
+        axes = inner_solvers.separable_axes(self.regularizer, groups, len(da.shape))
         zero_threshold = inner_solvers.zero_thresholds(self.regularizer, groups)
         if zero_threshold is None:  # the nuclear norm: no closed-form block test
             return inner_solvers.proximal_gradient_with_zero_test(
@@ -97,7 +97,7 @@ class ProxSSI(adaptive.AdaptiveProximalOptimizer):
                 learning_rate,
                 self.regularizer,
                 groups,
-                lambda y, step: self.prox(index, y, step),
+                self.prox_map(index),
                 da / d,
                 self.max_newton_steps,
                 self.newton_tol,

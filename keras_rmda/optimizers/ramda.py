@@ -55,8 +55,8 @@ class RAMDA(dual_averaging.DualAveragingOptimizer):
         finalize: set the model to its prox point when `fit` ends.
         **kwargs: the base optimizer arguments (see `ProximalOptimizer`).
 
-    State: three tensors per variable (W⁰, V, U), its entries of the shared
-    t, α and fingerprint vectors (`optimizers.tables`), and ε.
+    State: three tensors per variable (W⁰, V, U); t, α and ε, one scalar
+    each for the optimizer; a fingerprint of the weights it last wrote.
 
     Reference:
         Z.-S. Huang, C.-p. Lee. Regularized Adaptive Momentum Dual Averaging
@@ -109,21 +109,38 @@ class RAMDA(dual_averaging.DualAveragingOptimizer):
         if self.built:
             return
         super().build(variables)
-        self._squared_sums = self.add_optimizer_variables(variables, "squared_gradient_sum")
+        self._squared_sums = self.add_slots(variables, "squared_gradient_sum")
         self._compiled_prox_points = {}
-
-    def stage_reset(self, index, variable):
-        squared_sums = self._squared_sums[index]
-        return super().stage_reset(index, variable) + [
-            (squared_sums, ops.zeros(squared_sums.shape, squared_sums.dtype))
-        ]
 
     def restart(self):
         """New stage for every variable (W⁰ ← W, V, U, α, t ← 0) and ε ← factor·ε."""
         if not self.built:
             return
         super().restart()
+        for squared_sums in self._squared_sums:
+            squared_sums.assign(ops.zeros_like(squared_sums))
         self._epsilon.assign(self._epsilon * self.restart_epsilon_factor)
+
+    def update_step(self, gradient, variable, learning_rate):
+        index = self.variable_index(variable)
+        initial_point, gradient_sum = self.stage_state(index, variable)
+        squared_sum = ops.convert_to_tensor(self._squared_sums[index])
+        squared_sum = ops.where(self.stage_starts(), ops.zeros_like(squared_sum), squared_sum)
+        weights, gradient_sum, squared_sum = ramda_update(
+            variable,
+            initial_point,
+            gradient_sum,
+            squared_sum,
+            self.prepared_gradient(index, gradient, variable),
+            learning_rate=ops.cast(learning_rate, variable.dtype),
+            momentum=ops.cast(self.momentum, variable.dtype),
+            step=self.stage_step,
+            alpha=self.stage_alpha,
+            subproblem=functools.partial(self._dual_point, index),
+        )
+        self.assign(self._gradient_sums[index], gradient_sum)
+        self.assign(self._squared_sums[index], squared_sum)
+        self.assign(variable, weights)
 
     def prox_point(self, variable):
         """W̃ recomputed from the state (see `DualAveragingOptimizer.prox_point`).
@@ -135,7 +152,7 @@ class RAMDA(dual_averaging.DualAveragingOptimizer):
             import tensorflow as tf
 
             if tf.executing_eagerly():
-                index = self._get_variable_index(variable)
+                index = self.variable_index(variable)
                 compiled = self._compiled_prox_points.get(index)
                 if compiled is None:
                     compiled = tf.function(
@@ -147,13 +164,17 @@ class RAMDA(dual_averaging.DualAveragingOptimizer):
                 return compiled()
         return super().prox_point(variable)
 
-    def dual_prox(self, index, variable, step, alpha, sums):
-        return self._dual_point(index, alpha, sums, self._squared_sums[index])
+    def dual_prox(self, index, step, alpha):
+        return self._dual_point(
+            index, self._initial_points[index], self._gradient_sums[index],
+            self._squared_sums[index], alpha,
+        )
 
-    def _dual_point(self, index, alpha, sums, squared_sums):
+    def _dual_point(self, index, initial_point, sums, squared_sums, alpha):
+        """W̃ = argmin_x ⟨V, x⟩ + ½(x − W⁰)ᵀ diag(P) (x − W⁰) + α·λψ(x)."""
         dtype = sums.dtype
         preconditioner = ops.power(squared_sums, 1.0 / 3.0) + ops.cast(self._epsilon, dtype)
-        da = preconditioner * self._initial_points[index] - sums
+        da = preconditioner * initial_point - sums
         unregularized_minimum = da / preconditioner
         if not self.regularized(index):
             return unregularized_minimum
@@ -163,28 +184,11 @@ class RAMDA(dual_averaging.DualAveragingOptimizer):
             ops.cast(alpha, dtype),
             self.regularizer,
             self._variable_groups[index],
-            lambda y, step: self.prox(index, y, step),
+            self.prox_map(index),
             unregularized_minimum,
             self.max_inner_steps,
             self.inner_tol,
         )
-
-    def update_rule(self, index, variable, gradient, learning_rate):
-        step = self._steps[index].read() + 1.0
-        scale = ops.cast(learning_rate, "float32") * ops.sqrt(step)  # s = η·β
-        alpha = self._alphas[index].read() + scale
-        scale_in_dtype = ops.cast(scale, variable.dtype)
-        sums = self._gradient_sums[index] + scale_in_dtype * gradient
-        squared_sums = self._squared_sums[index] + scale_in_dtype * ops.square(gradient)
-        prox_point = self._dual_point(index, alpha, sums, squared_sums)
-        c = ops.cast(self._momentum, variable.dtype)
-        new_weights = (1.0 - c) * variable + c * prox_point
-        return new_weights, [
-            (self._steps[index], step),
-            (self._alphas[index], alpha),
-            (self._gradient_sums[index], sums),
-            (self._squared_sums[index], squared_sums),
-        ]
 
     def get_config(self):
         config = super().get_config()
@@ -195,3 +199,23 @@ class RAMDA(dual_averaging.DualAveragingOptimizer):
             restart_epsilon_factor=self.restart_epsilon_factor,
         )
         return config
+
+
+def ramda_update(weights, initial_point, gradient_sum, squared_sum, gradient, *,
+                 learning_rate, momentum, step, alpha, subproblem):
+    r"""One RAMDA step of one variable; returns the new `(W, V, U)`.
+
+    `step` and `alpha` are the stage's t and α after this step's
+    increments; `subproblem(W⁰, V, U, α)` returns W̃ (see `RAMDA`).
+
+    ```
+    s = η·√t;   V ← V + s·g;   U ← U + s·g²
+    W̃ = argmin_x ⟨V, x⟩ + ½(x − W⁰)ᵀ diag(U^{1/3} + ε) (x − W⁰) + α·λψ(x)
+    W ← (1 − c)·W + c·W̃
+    ```
+    """
+    scale = learning_rate * ops.cast(ops.sqrt(step), gradient.dtype)
+    gradient_sum = gradient_sum + scale * gradient
+    squared_sum = squared_sum + scale * ops.square(gradient)
+    prox_point = subproblem(initial_point, gradient_sum, squared_sum, alpha)
+    return (1.0 - momentum) * weights + momentum * prox_point, gradient_sum, squared_sum

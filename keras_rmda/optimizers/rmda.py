@@ -46,9 +46,9 @@ class RMDA(dual_averaging.DualAveragingOptimizer):
             `global_clipnorm`, `weight_decay` (coupled L2), `loss_scale_factor`,
             `gradient_accumulation_steps`, `name`); `use_ema` is rejected.
 
-    State: two tensors per variable (W⁰, V); its t, α and a fingerprint of
-    the last written weights are entries of three shared vectors
-    (`optimizers.tables`).
+    State: two tensors per variable (W⁰, V); t and α, one scalar each for
+    the optimizer; a fingerprint of the weights it last wrote (see
+    `DualAveragingOptimizer`).
 
     Reference:
         Z.-S. Huang, C.-p. Lee. Training Structured Neural Networks Through
@@ -76,28 +76,49 @@ class RMDA(dual_averaging.DualAveragingOptimizer):
             **kwargs,
         )
 
-    def dual_prox(self, index, variable, step, alpha, sums):
-        beta = ops.sqrt(step)
-        # Multiply by 1/β, not divide by β: XLA recomputes a cheap product in
-        # each fused loop that needs it instead of storing it in memory.
-        z = self._initial_points[index] - sums * ops.cast(1.0 / beta, variable.dtype)
-        return self.prox(index, z, alpha / beta)
-
-    def slot_rule(self, index, variable, gradient, learning_rate):
-        step = self._steps[index].read() + 1.0
-        scale = ops.cast(learning_rate, "float32") * ops.sqrt(step)  # s = η·β
-        return [
-            (self._steps[index], step),
-            (self._alphas[index], self._alphas[index].read() + scale),
-            (self._gradient_sums[index],
-             self._gradient_sums[index] + ops.cast(scale, variable.dtype) * gradient),
-        ]
-
-    def weight_rule(self, index, variable, read):
-        prox_point = self.dual_prox(
-            index, variable, read(self._steps[index]), read(self._alphas[index]),
-            read(self._gradient_sums[index]),
+    def update_step(self, gradient, variable, learning_rate):
+        index = self.variable_index(variable)
+        initial_point, gradient_sum = self.stage_state(index, variable)
+        weights, gradient_sum = rmda_update(
+            variable,
+            initial_point,
+            gradient_sum,
+            self.prepared_gradient(index, gradient, variable),
+            learning_rate=ops.cast(learning_rate, variable.dtype),
+            momentum=ops.cast(self.momentum, variable.dtype),
+            step=self.stage_step,
+            alpha=self.stage_alpha,
+            prox=self.prox_map(index),
         )
-        c = ops.cast(self._momentum, variable.dtype)
-        # (1 − c)·W + c·W̃, not W + c·(W̃ − W): at c = 1 it is W̃ to the bit.
-        return (1.0 - c) * variable + c * prox_point
+        self.assign(self._gradient_sums[index], gradient_sum)
+        self.assign(variable, weights)
+
+    def dual_prox(self, index, step, alpha):
+        beta = ops.sqrt(step)
+        z = self._initial_points[index] - self._gradient_sums[index] * ops.cast(
+            1.0 / beta, self._gradient_sums[index].dtype)
+        return self.prox_map(index)(z, alpha / beta)
+
+
+def rmda_update(weights, initial_point, gradient_sum, gradient, *, learning_rate,
+                momentum, step, alpha, prox):
+    r"""One RMDA step of one variable; returns the new `(W, V)`.
+
+    `step` and `alpha` are the stage's t and α *after* this step's
+    increments (t ← t + 1, α ← α + η·√t, shared by all variables);
+    `prox(z, τ)` is the prox of τ·λψ. With β = √t and s = η·β:
+
+    ```
+    V  ← V + s·g
+    W̃  = prox_{(α/β)·λψ}(W⁰ − V/β)
+    W  ← (1 − c)·W + c·W̃
+    ```
+    """
+    beta = ops.sqrt(step)
+    gradient_sum = gradient_sum + (learning_rate * ops.cast(beta, gradient.dtype)) * gradient
+    # Times 1/β rather than over β: XLA recomputes a product in each fused
+    # loop that needs it instead of writing it to memory.
+    inverse_beta = ops.cast(1.0 / beta, gradient.dtype)
+    prox_point = prox(initial_point - gradient_sum * inverse_beta, alpha / beta)
+    # (1 − c)·W + c·W̃, not W + c·(W̃ − W): at c = 1 it is W̃ to the bit.
+    return (1.0 - momentum) * weights + momentum * prox_point, gradient_sum
