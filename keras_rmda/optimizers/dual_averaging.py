@@ -122,7 +122,7 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
             self._model_variables, self._initial_points, self._gradient_sums
         ):
             initial_point.assign(variable)
-            sums.assign(ops.zeros_like(sums))
+            sums.assign(ops.zeros(sums.shape, sums.dtype))
         self.stage_step.assign(0.0)
         self.stage_alpha.assign(0.0)
         self._record_fingerprint(None)

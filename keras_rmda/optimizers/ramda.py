@@ -118,7 +118,7 @@ class RAMDA(dual_averaging.DualAveragingOptimizer):
             return
         super().restart()
         for squared_sums in self._squared_sums:
-            squared_sums.assign(ops.zeros_like(squared_sums))
+            squared_sums.assign(ops.zeros(squared_sums.shape, squared_sums.dtype))
         self._epsilon.assign(self._epsilon * self.restart_epsilon_factor)
 
     def update_step(self, gradient, variable, learning_rate):
