@@ -66,9 +66,8 @@ def _run(name, shape, grouping, kind, kept_axis, strength, options, steps=24, re
     variable.constraint = grouping
     optimizer, reference = _make(name, strength, kind, kept_axis, start, options)
     optimizer.build([variable])
-    apply = lambda gradient: optimizer.apply([gradient], [variable])  # noqa: E731
-    if jit:
-        apply = compiled.jit_apply(optimizer, [variable])
+    # Traced, as `fit` runs it: eagerly the inner solvers' loops run op by op.
+    apply = (compiled.jit_apply if jit else compiled.graph_apply)(optimizer, [variable])
     worst = worst_residual = 0.0
     zero_fractions = []
     for k in range(steps):

@@ -12,6 +12,7 @@ this class's own (see `VariableIndex`), and weight decay is coupled by this
 class, not by Keras's (decoupled) base implementation.
 """
 
+import contextlib
 import re
 import warnings
 
@@ -30,6 +31,15 @@ def proximal_optimizer_of(model_or_optimizer):
     return optimizer if isinstance(optimizer, ProximalOptimizer) else None
 
 
+def init_scope():
+    """`tf.init_scope()` on TensorFlow (eager code inside a traced function)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.init_scope()
+    return contextlib.nullcontext()
+
+
 def zero_non_finite(gradient):
     """The gradient with NaN and Inf entries replaced by 0.
 
@@ -37,7 +47,7 @@ def zero_non_finite(gradient):
     its own under XLA), so no NaN or Inf can reach weights or optimizer
     state; like `optax.zero_nans`, for Inf too.
     """
-    return ops.where(ops.isfinite(gradient), gradient, ops.zeros_like(gradient))
+    return ops.where(ops.isfinite(gradient), gradient, 0.0)
 
 
 class VariableIndex:
@@ -253,9 +263,20 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
             aggregation="only_first_replica", name=name,
         )
 
-    def add_slots(self, variables, name):
-        """One optimizer variable of each model variable's shape, zeros."""
-        return [self.add_variable_from_reference(v, name) for v in variables]
+    def add_slots(self, variables, name, initializer="zeros"):
+        """One optimizer variable of each model variable's shape.
+
+        `initializer(variable)` gives a variable's initializer (default:
+        zeros). Created eagerly (`tf.init_scope`), also when `apply` builds
+        the optimizer inside a traced step, which cannot lift a creation
+        that reads the model's weights.
+        """
+        with init_scope():
+            return [
+                self.add_variable_from_reference(
+                    v, name, initializer if isinstance(initializer, str) else initializer(v))
+                for v in variables
+            ]
 
     def tracks(self, variable):
         """True if the optimizer was built on this model variable."""

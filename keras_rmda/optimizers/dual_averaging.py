@@ -16,6 +16,8 @@ V (the weighted gradient sum) are per variable. A stage starts
 tells it that the stage starts with this step (W⁰ ← W, V ← 0).
 """
 
+import collections
+
 import keras
 from keras import ops
 
@@ -23,6 +25,11 @@ from keras_rmda.optimizers import base
 from keras_rmda.optimizers import fingerprint as fingerprint_lib
 from keras_rmda.optimizers.momentum import NewPointMomentum
 from keras_rmda.optimizers.momentum import check_momentum
+
+
+# One step's t and α (after its increments), whether the stage starts with
+# it, and c.
+Stage = collections.namedtuple("Stage", ["step", "alpha", "starts", "momentum"])
 
 
 class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
@@ -41,7 +48,7 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
         if self.built:
             return
         super().build(variables)
-        self._initial_points = self.add_slots(variables, "initial_point")
+        self._initial_points = self.add_slots(variables, "initial_point", _value_of)
         self._gradient_sums = self.add_slots(variables, "gradient_sum")
         self.stage_step = self.add_scalar("stage_step")
         self.stage_alpha = self.add_scalar("stage_alpha")
@@ -50,11 +57,9 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
                                               aggregation="only_first_replica",
                                               name="fingerprint")
         self._fingerprint_offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-        # Eagerly, also when `apply` builds inside a traced step: W⁰ is
-        # initialised from the weights, which a traced step cannot lift.
-        with _init_scope():
-            for variable, initial_point in zip(variables, self._initial_points):
-                initial_point.assign(variable)
+        # Set by each traced `begin_step`.
+        self._stage_start_per_variable, self._current_stage = False, None
+        with base.init_scope():
             self._record_fingerprint(None)
 
     # --- the stage -------------------------------------------------------------
@@ -68,19 +73,36 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
         alpha = ops.where(changed, 0.0, ops.convert_to_tensor(self.stage_alpha)) + scale
         self.stage_step.assign(self.advanced(updating, step, self.stage_step))
         self.stage_alpha.assign(self.advanced(updating, alpha, self.stage_alpha))
-        if keras.backend.backend() != "tensorflow":
-            # A traced, stateless step: one branch for the whole model picks
-            # W or the stored W⁰, and costs a pass only when it is taken.
-            starts = ops.equal(step, 1.0)
-            if updating is not None:
-                starts = ops.logical_and(starts, updating)
-            initial_points = ops.cond(
-                starts,
-                lambda: [ops.convert_to_tensor(v) for v in self._model_variables],
-                lambda: [ops.convert_to_tensor(w) for w in self._initial_points],
-            )
-            for slot, value in zip(self._initial_points, initial_points):
-                slot.assign(value)
+        starts = ops.equal(step, 1.0)
+        if updating is not None:
+            starts = ops.logical_and(starts, updating)
+        self._stage_start_per_variable = _replicas_in_sync() > 1
+        self._current_stage = None
+        if not self._stage_start_per_variable:
+            self._start_stage_where(starts)
+            # For every update_step of this step (a traced program: these are
+            # its tensors), rather than a dozen scalar ops per variable.
+            self._current_stage = Stage(
+                step, alpha, ops.equal(step, 1.0), ops.convert_to_tensor(self.momentum))
+
+    def _start_stage_where(self, starts):
+        """W⁰ ← W for every variable if `starts`: one branch for the whole
+        model, which a step that does not take it does not pay for."""
+        if keras.backend.backend() == "tensorflow":
+            def start_stage():
+                for slot, variable in zip(self._initial_points, self._model_variables):
+                    slot.assign(variable)
+
+            ops.cond(starts, start_stage, lambda: None)
+            return
+        # A stateless trace (JAX): the branch picks the values to store.
+        initial_points = ops.cond(
+            starts,
+            lambda: [ops.convert_to_tensor(v) for v in self._model_variables],
+            lambda: [ops.convert_to_tensor(w) for w in self._initial_points],
+        )
+        for slot, value in zip(self._initial_points, initial_points):
+            slot.assign(value)
 
     def end_step(self, updating):
         self._record_fingerprint(updating)
@@ -89,26 +111,29 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
         current = fingerprint_lib.fingerprint(self._model_variables)
         self._fingerprint.assign(self.advanced(updating, current, self._fingerprint))
 
-    def stage_starts(self):
-        """Scalar bool: does the stage start with this step (t = 1)?"""
-        return ops.equal(ops.convert_to_tensor(self.stage_step), 1.0)
+    def stage(self):
+        """This step's `Stage`, for `update_step`: from `begin_step`, or read
+        per variable under several replicas, where each replica's update
+        reads its own copies."""
+        if self._current_stage is not None:
+            return self._current_stage
+        step = ops.convert_to_tensor(self.stage_step)
+        return Stage(step, ops.convert_to_tensor(self.stage_alpha), ops.equal(step, 1.0),
+                     ops.convert_to_tensor(self.momentum))
 
-    def stage_state(self, index, variable):
-        """`(W⁰, V)` for this step: W and 0 on the first step of a stage
+    def stage_state(self, index, variable, fresh):
+        """`(W⁰, V)` for this step: W and 0 if the stage starts with it
         (W⁰ is then stored; V is stored by the update)."""
-        fresh = self.stage_starts()
         initial_point = self._initial_points[index]
-        if keras.backend.backend() == "tensorflow":
-            # Per variable, in its own update: under a distribution strategy
-            # that runs on each replica's copy, where `begin_step`, in the
-            # replica context, could not assign W⁰. A graph runs a branch only
-            # when it is taken.
+        if self._stage_start_per_variable:
+            # Several replicas: `begin_step` runs in the replica context,
+            # which cannot assign W⁰; each replica's update of its own copy can.
             def start_stage():
                 initial_point.assign(variable)
 
             ops.cond(fresh, start_stage, lambda: None)
         sums = ops.convert_to_tensor(self._gradient_sums[index])
-        return ops.convert_to_tensor(initial_point), ops.where(fresh, ops.zeros_like(sums), sums)
+        return ops.convert_to_tensor(initial_point), ops.where(fresh, 0.0, sums)
 
     def restart(self):
         """Start a new stage for every variable: W⁰ ← W, V ← 0, α ← 0, t ← 0.
@@ -168,11 +193,15 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
         return config
 
 
-def _init_scope():
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
+def _value_of(variable):
+    """An initializer giving `variable`'s current value."""
+    value = ops.convert_to_tensor(variable)
+    return lambda shape, dtype=None: ops.cast(value, dtype or value.dtype)
 
-        return tf.init_scope()
-    import contextlib
 
-    return contextlib.nullcontext()
+def _replicas_in_sync():
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync

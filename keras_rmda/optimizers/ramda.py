@@ -123,9 +123,10 @@ class RAMDA(dual_averaging.DualAveragingOptimizer):
 
     def update_step(self, gradient, variable, learning_rate):
         index = self.variable_index(variable)
-        initial_point, gradient_sum = self.stage_state(index, variable)
+        stage = self.stage()
+        initial_point, gradient_sum = self.stage_state(index, variable, stage.starts)
         squared_sum = ops.convert_to_tensor(self._squared_sums[index])
-        squared_sum = ops.where(self.stage_starts(), ops.zeros_like(squared_sum), squared_sum)
+        squared_sum = ops.where(stage.starts, 0.0, squared_sum)
         weights, gradient_sum, squared_sum = ramda_update(
             variable,
             initial_point,
@@ -133,9 +134,9 @@ class RAMDA(dual_averaging.DualAveragingOptimizer):
             squared_sum,
             self.prepared_gradient(index, gradient, variable),
             learning_rate=ops.cast(learning_rate, variable.dtype),
-            momentum=ops.cast(self.momentum, variable.dtype),
-            step=self.stage_step,
-            alpha=self.stage_alpha,
+            momentum=ops.cast(stage.momentum, variable.dtype),
+            step=stage.step,
+            alpha=stage.alpha,
             subproblem=functools.partial(self._dual_point, index),
         )
         self.assign(self._gradient_sums[index], gradient_sum)

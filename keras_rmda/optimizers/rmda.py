@@ -78,16 +78,17 @@ class RMDA(dual_averaging.DualAveragingOptimizer):
 
     def update_step(self, gradient, variable, learning_rate):
         index = self.variable_index(variable)
-        initial_point, gradient_sum = self.stage_state(index, variable)
+        stage = self.stage()
+        initial_point, gradient_sum = self.stage_state(index, variable, stage.starts)
         weights, gradient_sum = rmda_update(
             variable,
             initial_point,
             gradient_sum,
             self.prepared_gradient(index, gradient, variable),
             learning_rate=ops.cast(learning_rate, variable.dtype),
-            momentum=ops.cast(self.momentum, variable.dtype),
-            step=self.stage_step,
-            alpha=self.stage_alpha,
+            momentum=ops.cast(stage.momentum, variable.dtype),
+            step=stage.step,
+            alpha=stage.alpha,
             prox=self.prox_map(index),
         )
         self.assign(self._gradient_sums[index], gradient_sum)
