@@ -63,12 +63,13 @@ class VariableIndex:
         # Held here, not as a list attribute of the optimizer, which Keras
         # would track as optimizer variables.
         self.variables = tuple(variables)
-        self._positions = {}
-        for position, variable in enumerate(variables):
-            for handle in _handles(variable):
-                self._positions[id(handle)] = position
         # The handles stay referenced, so that no id is reused.
         self._handles = [_handles(v) for v in variables]
+        self._positions = {
+            id(handle): position
+            for position, handles in enumerate(self._handles)
+            for handle in handles
+        }
 
     def get(self, variable):
         return self._positions.get(id(variable))
@@ -247,17 +248,13 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
     def _model_variables(self):
         return self.variable_index.variables
 
-    def add_hyperparameter(self, value, name):
-        """A non-trainable scalar variable the traced step reads.
-
-        A variable, not a Python float: callbacks change it between steps,
-        and a float would be frozen into the traced train step.
-        """
-        return self.add_scalar(name, value, dtype=keras.backend.floatx())
-
     def add_scalar(self, name, value=0.0, dtype="float32"):
         """A scalar optimizer variable, written once per step for the whole
-        optimizer (under a strategy: from the first replica)."""
+        optimizer (under a strategy: from the first replica).
+
+        Also for hyperparameters a callback changes between steps (c, ε): a
+        Python float would be frozen into the traced train step.
+        """
         return self.add_variable(
             (), initializer=keras.initializers.Constant(value), dtype=dtype,
             aggregation="only_first_replica", name=name,

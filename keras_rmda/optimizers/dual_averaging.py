@@ -17,6 +17,7 @@ tells it that the stage starts with this step (W⁰ ← W, V ← 0).
 """
 
 import collections
+import itertools
 
 import keras
 from keras import ops
@@ -56,9 +57,9 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
         self._fingerprint = self.add_variable((sum(sizes),), dtype="float32",
                                               aggregation="only_first_replica",
                                               name="fingerprint")
-        self._fingerprint_offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-        # Set by each traced `begin_step`.
-        self._stage_start_per_variable, self._current_stage = False, None
+        self._fingerprint_offsets = list(itertools.accumulate(sizes, initial=0))
+        # Set by each traced `begin_step`; None under several replicas.
+        self._current_stage = None
         with base.init_scope():
             self._record_fingerprint(None)
 
@@ -73,27 +74,20 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
         alpha = ops.where(changed, 0.0, ops.convert_to_tensor(self.stage_alpha)) + scale
         self.stage_step.assign(self.advanced(updating, step, self.stage_step))
         self.stage_alpha.assign(self.advanced(updating, alpha, self.stage_alpha))
-        starts = ops.equal(step, 1.0)
-        if updating is not None:
-            starts = ops.logical_and(starts, updating)
-        self._stage_start_per_variable = _replicas_in_sync() > 1
         self._current_stage = None
-        if not self._stage_start_per_variable:
-            self._start_stage_where(starts)
-            # For every update_step of this step (a traced program: these are
-            # its tensors), rather than a dozen scalar ops per variable.
-            self._current_stage = Stage(
-                step, alpha, ops.equal(step, 1.0), ops.convert_to_tensor(self.momentum))
+        if _replicas_in_sync() > 1:
+            return  # see `stage` and `stage_state`
+        fresh = ops.equal(step, 1.0)
+        self._start_stage_where(fresh if updating is None else ops.logical_and(fresh, updating))
+        # For every update_step of this step (a traced program: these are its
+        # tensors), rather than a dozen scalar ops per variable.
+        self._current_stage = Stage(step, alpha, fresh, ops.convert_to_tensor(self.momentum))
 
     def _start_stage_where(self, starts):
         """W⁰ ← W for every variable if `starts`: one branch for the whole
         model, which a step that does not take it does not pay for."""
         if keras.backend.backend() == "tensorflow":
-            def start_stage():
-                for slot, variable in zip(self._initial_points, self._model_variables):
-                    slot.assign(variable)
-
-            ops.cond(starts, start_stage, lambda: None)
+            ops.cond(starts, self._store_initial_points, lambda: None)
             return
         # A stateless trace (JAX): the branch picks the values to store.
         initial_points = ops.cond(
@@ -103,6 +97,11 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
         )
         for slot, value in zip(self._initial_points, initial_points):
             slot.assign(value)
+
+    def _store_initial_points(self):
+        """W⁰ ← W for every variable."""
+        for initial_point, variable in zip(self._initial_points, self._model_variables):
+            initial_point.assign(variable)
 
     def end_step(self, updating):
         self._record_fingerprint(updating)
@@ -125,7 +124,7 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
         """`(W⁰, V)` for this step: W and 0 if the stage starts with it
         (W⁰ is then stored; V is stored by the update)."""
         initial_point = self._initial_points[index]
-        if self._stage_start_per_variable:
+        if self._current_stage is None:
             # Several replicas: `begin_step` runs in the replica context,
             # which cannot assign W⁰; each replica's update of its own copy can.
             def start_stage():
@@ -143,10 +142,8 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
         """
         if not self.built:
             return
-        for variable, initial_point, sums in zip(
-            self._model_variables, self._initial_points, self._gradient_sums
-        ):
-            initial_point.assign(variable)
+        self._store_initial_points()
+        for sums in self._gradient_sums:
             sums.assign(ops.zeros(sums.shape, sums.dtype))
         self.stage_step.assign(0.0)
         self.stage_alpha.assign(0.0)

@@ -6,6 +6,7 @@
 
 import warnings
 
+import keras
 from keras import ops
 
 from keras_rmda import _checks
@@ -27,7 +28,7 @@ class NewPointMomentum:
                 f"{_checks.shown(received)} means almost no momentum; the paper uses 0.1.",
                 stacklevel=4,
             )
-        self._momentum = self.add_hyperparameter(momentum, "momentum")
+        self._momentum = self.add_scalar("momentum", momentum, dtype=keras.backend.floatx())
 
     @property
     def momentum(self):

@@ -98,7 +98,7 @@ class RAMDA(dual_averaging.DualAveragingOptimizer):
         self.max_inner_steps = max_inner_steps
         self.inner_tol = inner_tol
         self.restart_epsilon_factor = factor
-        self._epsilon = self.add_hyperparameter(epsilon, "epsilon")
+        self._epsilon = self.add_scalar("epsilon", epsilon, dtype=keras.backend.floatx())
 
     @property
     def epsilon(self):
