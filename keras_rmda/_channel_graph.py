@@ -26,9 +26,16 @@ and variance run over all of them, so dropping even an exactly-zero channel
 changes the statistics (the count) and every output. It is a barrier, and
 what lies between two barriers still slims (in a ConvNeXt or transformer
 block, the hidden units of the pointwise MLP whose rows in the second Dense
-are zero).
+are zero). ConvNeXt's LayerScale, a class private to keras.applications,
+is an unknown layer; it scales the residual stream, whose channels the
+LayerNormalizations read anyway.
+
+MultiHeadAttention reads every channel and its output is live, as an
+unknown layer's; slim removes whole heads inside it, and an EinsumDense
+used as a Dense is a dense layer here (`keras_rmda._slim_attention`).
 
 Only the top-level graph is analysed; a nested model is an unknown layer.
+Any failure while analysing a call is a ValueError that names it.
 """
 
 import math
@@ -37,6 +44,7 @@ import keras
 import numpy as np
 
 from keras_rmda import _graph_walk
+from keras_rmda import _slim_attention
 
 L = keras.layers
 
@@ -115,13 +123,18 @@ def _elementwise_op(call):
 def kind_of(call):
     """How channels flow through a `_graph_walk.Call`: one of "producer",
     "channelwise", "normalization", "pass", "flatten", "merge", "concat",
-    "unknown".
+    "attention", "unknown".
 
     Only exact Keras classes are recognised: a subclass may change `call`.
     """
     if not call.is_layer:
         return "merge" if _elementwise_op(call) else "unknown"
     layer = call.operation
+    # Attention heads and einsum projections: see keras_rmda._slim_attention.
+    if _slim_attention.is_attention(call):
+        return "attention"
+    if _slim_attention.is_dense_einsum(layer):
+        return "producer"
     kind = type(layer)
     plain = len(layer.weights) == (2 if getattr(layer, "use_bias", False) else 1)
     in_width = _width(call.inputs[0]) if call.inputs else None
@@ -183,7 +196,13 @@ class ChannelPlan:
     def _call(self, layer_or_call):
         if isinstance(layer_or_call, _graph_walk.Call):
             return layer_or_call
-        return self._call_of_layer[id(layer_or_call)]
+        call = self._call_of_layer.get(id(layer_or_call))
+        if call is None:
+            raise ValueError(
+                f"{_graph_walk.describe(layer_or_call)} is not called in the analysed "
+                "model's top-level graph."
+            )
+        return call
 
     def kept_in(self, layer_or_call):
         return self.keep(self._call(layer_or_call).inputs[0])
@@ -254,13 +273,13 @@ def plan_channels(model, value_of):
         try:
             kind = _propagate(call, kind_of(call), slots, of_tensor, fresh, value_of)
         except Exception as error:  # a layer this analysis did not foresee
-            raise ValueError(
-                f"slim cannot follow the channels through "
-                f"{_graph_walk.describe(call.operation)}: {error}"
+            raise _graph_walk.failure(
+                "follow the channels through", call.operation, error
             ) from error
         planned.append((call, kind))
 
     for tensor in keras.tree.flatten(model.outputs):
+        # Every call's outputs have an entry (None where untracked).
         if of_tensor[id(tensor)] is not None:
             slots.mark_live(of_tensor[id(tensor)])
     # Keep one channel of a tensor that would lose all of them: Keras layers
@@ -278,7 +297,11 @@ def _propagate(call, kind, slots, of_tensor, fresh, value_of):
     Returns the kind the call was treated as: "unknown" where its shapes do
     not fit `kind` (slim then copies it unchanged, as the plan assumes).
     """
-    ins = [of_tensor[id(t)] for t in call.inputs]
+    ins = []
+    for tensor in call.inputs:
+        if id(tensor) not in of_tensor:  # `model_calls` orders producers first
+            raise ValueError(f"its input '{tensor.name}' is made by no earlier call")
+        ins.append(of_tensor[id(tensor)])
     outs = call.outputs
     out_width = _width(outs[0]) if len(outs) == 1 else None
     if not ins or any(s is None for s in ins) or out_width is None:
@@ -309,6 +332,12 @@ def _propagate(call, kind, slots, of_tensor, fresh, value_of):
         return kind
     if kind == "concat" and layer.axis in (-1, len(outs[0].shape) - 1):
         of_tensor[id(outs[0])] = np.concatenate(ins)
+        return kind
+    if kind == "attention":
+        # Channels as for an unknown layer; slim drops heads inside it only.
+        for s in ins:
+            slots.mark_live(s)
+        fresh(outs[0], live=True)
         return kind
     # Unknown: reads everything, its outputs cannot be sliced.
     for s in ins:

@@ -49,6 +49,18 @@ def describe(operation):
     return f"{what} '{operation.name}' ({type(operation).__name__})"
 
 
+def failure(doing, operation, error, step=None):
+    """A one-line ValueError: slim cannot `doing` `operation` (`step` failed)
+    because of `error`. Raise it `from error`: the traceback keeps the cause."""
+    # The cause's first paragraph, on one line. Its type is kept where the
+    # text alone is unclear: a KeyError's text is only the missing key.
+    text = " ".join(str(error).strip().split("\n\n")[0].split())
+    if not isinstance(error, ValueError) or not text:
+        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    where = f"{step} failed: " if step else ""
+    return ValueError(f"slim cannot {doing} {describe(operation)}: {where}{text}")
+
+
 def model_calls(model):
     """The `Call`s of `model`'s top-level graph, inputs first.
 

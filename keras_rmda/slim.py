@@ -11,7 +11,17 @@ layers on the way and from the consumers' kernels. Layers slim does not
 know (LayerNormalization among them: its statistics run over every
 channel) stop the removal at their boundary: the channels flowing into and
 out of them are kept, and the layer is copied. See
-`keras_rmda._channel_graph`.
+`keras_rmda._channel_graph`. A layer or operation slim cannot analyse or
+rebuild (one whose get_config() does not re-create it, say) stops slim with
+a ValueError that names it.
+
+Transformers: a MultiHeadAttention layer loses the heads that contribute
+nothing to its output (all-zero output-projection rows, or all-zero value
+kernel slice and bias), keeping its key_dim; the hidden units of an MLP
+(Dense or dense EinsumDense, elementwise activation) whose rows in the
+second projection are zero go as channels do. keras_hub TransformerEncoder
+blocks are first replaced by the plain Keras layers they compute with, so
+the slim model needs no keras_hub. See `keras_rmda._slim_attention`.
 """
 
 import contextlib
@@ -21,6 +31,7 @@ import numpy as np
 
 from keras_rmda import _channel_graph
 from keras_rmda import _graph_walk
+from keras_rmda import _slim_attention
 from keras_rmda import structure
 
 
@@ -48,12 +59,15 @@ def slim(model, check=True, rtol=1e-4):
 
     Raises:
         ValueError: the model has no symbolic graph, shares a layer, or has
-            a layer slim cannot rebuild (the message names it).
+            a layer or operation slim cannot analyse or rebuild (the
+            message names it; any failure there is this one error).
         RuntimeError: the check failed (a bug: please report it).
     """
     values = structure.weight_values(model, use_prox_point=True)
-    plan = _channel_graph.plan_channels(model, lambda v: values[id(v)])
-    slim_model = _rebuild(model, plan, values)
+    # keras_hub transformer blocks become the plain layers they are made of.
+    graph, graph_values = _slim_attention.expand_blocks(model, values)
+    plan = _channel_graph.plan_channels(graph, lambda v: graph_values[id(v)])
+    slim_model = _rebuild(graph, plan, graph_values)
     if check:
         _check_same_outputs(model, slim_model, values, rtol)
     return slim_model
@@ -78,14 +92,7 @@ def _rebuild(model, plan, values):
         new_inputs.append(x)
     for call, kind in plan.calls:
         outputs = _rebuild_call(call, kind, plan, values, new_tensor)
-        for old, new in zip(call.outputs, keras.tree.flatten(outputs)):
-            kept = plan.keep(old)
-            expected = old.shape[-1] if kept is None else int(kept.sum())
-            if len(new.shape) and new.shape[-1] != expected:  # guards the plan's bookkeeping
-                raise RuntimeError(
-                    f"slim: {_graph_walk.describe(call.operation)} gives {new.shape[-1]} "
-                    f"channels, expected {expected}."
-                )
+        for old, new in zip(call.outputs, outputs):
             new_tensor[id(old)] = new
     outputs = [new_tensor[id(t)] for t in plan.outputs]
     return keras.Model(
@@ -96,33 +103,55 @@ def _rebuild(model, plan, values):
 
 
 def _rebuild_call(call, kind, plan, values, new_tensor):
-    """Repeat `call` on the slim graph's tensors; returns its outputs."""
-    args, kwargs = call.node.arguments.fill_in(new_tensor)
-    if not call.is_layer:
-        # Operations that are not layers hold no state: call the same one.
-        with _naming(call, "calling it on the slimmed inputs"):
-            return call.operation(*args, **kwargs)
-    with _naming(call, "re-creating it from its config"):
-        config, weights = _slimmed_config_and_weights(call, kind, plan, values)
-        new_layer = type(call.operation).from_config(config)
+    """Repeat `call` on the slim graph's tensors; returns its flat outputs,
+    one per output of `call`, of the widths the plan keeps."""
+    with _naming(call, "finding its inputs in the slim graph"):
+        for tensor in call.inputs:
+            if id(tensor) not in new_tensor:  # `plan.calls` has producers first
+                raise ValueError(f"input '{tensor.name}' was not rebuilt")
+        args, kwargs = call.node.arguments.fill_in(new_tensor)
+    if call.is_layer:
+        with _naming(call, "re-creating it from its config"):
+            config, weights = _slimmed_config_and_weights(call, kind, plan, values)
+            new_operation = type(call.operation).from_config(config)
+    else:
+        new_operation = call.operation  # not a layer: holds no state, call it again
     with _naming(call, "calling it on the slimmed inputs"):
-        outputs = new_layer(*args, **kwargs)
-    with _naming(call, "setting its slimmed weights"):
-        new_layer.set_weights(weights)
+        outputs = keras.tree.flatten(new_operation(*args, **kwargs))
+    with _naming(call, "comparing its outputs with the original's"):
+        _check_rebuilt_outputs(call, plan, outputs)
+    if call.is_layer:
+        with _naming(call, "setting its slimmed weights"):
+            new_operation.set_weights(weights)
     return outputs
 
 
+def _check_rebuilt_outputs(call, plan, outputs):
+    """Raise where the rebuilt call's outputs differ in number or width from
+    what the plan expects: a layer whose config does not re-create it (or a
+    bug in the plan) would otherwise fail later, at a layer not to blame."""
+    hint = " (does its get_config() return all its constructor arguments?)"
+    if len(outputs) != len(call.outputs):
+        raise ValueError(
+            f"it returns {len(outputs)} tensors, the original {len(call.outputs)}{hint}"
+        )
+    for index, (old, new) in enumerate(zip(call.outputs, outputs)):
+        kept = plan.keep(old)
+        expected = old.shape[-1] if kept is None else int(kept.sum())
+        if len(new.shape) != len(old.shape) or (len(new.shape) and new.shape[-1] != expected):
+            raise ValueError(
+                f"output {index} has shape {tuple(new.shape)}, expected rank "
+                f"{len(old.shape)} with {expected} channels{hint}"
+            )
+
+
 @contextlib.contextmanager
-def _naming(call, doing):
+def _naming(call, step):
     """Turn any error into one line that says which layer and what step."""
     try:
         yield
     except Exception as error:
-        # The cause's first paragraph, on one line; the traceback keeps all.
-        cause = " ".join(str(error).strip().split("\n\n")[0].split()) or type(error).__name__
-        raise ValueError(
-            f"slim cannot rebuild {_graph_walk.describe(call.operation)}: {doing} failed: {cause}"
-        ) from error
+        raise _graph_walk.failure("rebuild", call.operation, error, step) from error
 
 
 def _slimmed_config_and_weights(call, kind, plan, values):
@@ -131,9 +160,14 @@ def _slimmed_config_and_weights(call, kind, plan, values):
     weights = [values[id(w)] for w in layer.weights]
     if kind == "producer":
         kept_in, kept_out = plan.kept_in(call), plan.kept_out(call)
-        config["units" if isinstance(layer, keras.layers.Dense) else "filters"] = int(
-            kept_out.sum()
-        )
+        if isinstance(layer, keras.layers.EinsumDense):  # a Dense in einsum form
+            config["output_shape"] = _slim_attention.einsum_output_shape(
+                config, int(kept_out.sum())
+            )
+        else:
+            config["units" if isinstance(layer, keras.layers.Dense) else "filters"] = int(
+                kept_out.sum()
+            )
         kernel = weights[0][..., kept_in, :][..., kept_out]
         weights = [kernel] + [bias[kept_out] for bias in weights[1:]]
     elif kind == "channelwise":
@@ -146,6 +180,8 @@ def _slimmed_config_and_weights(call, kind, plan, values):
     elif kind == "normalization":
         kept = plan.kept_out(call)
         weights = [w[kept] for w in weights]
+    elif kind == "attention":  # whole heads (keras_rmda._slim_attention)
+        config, weights = _slim_attention.slimmed_attention(layer, config, values)
     return config, weights
 
 
@@ -209,5 +245,6 @@ def _check_same_outputs(model, slim_model, values, rtol):
             raise RuntimeError(
                 f"slim changed output {index} of model '{model.name}': max abs "
                 f"error {error:.3g} vs max |output| {scale:.3g} (rtol={rtol}). "
-                "This is a bug in keras_rmda.slim; please report it."
+                "Unless a layer's get_config() does not re-create it, this is a bug "
+                "in keras_rmda.slim; please report it."
             )

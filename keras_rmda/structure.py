@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from keras_rmda import _channel_graph
+from keras_rmda import _slim_attention
 from keras_rmda import groups as groups_lib
 
 L = keras.layers
@@ -211,6 +212,8 @@ class StructureReport:
 
     def _cells(self, row):
         cells = [fmt.format(row[key]) for _, key, fmt in self._COLUMNS]
+        if row.get("heads") is not None:  # an attention layer's type cell: "... 2/4 heads"
+            cells[1] += f" {row['heads_after']}/{row['heads']} heads"
         for before, after in (("channels", "channels_after"), ("params", "params_after"),
                               ("flops", "flops_after")):
             b, a = row[before], row[after]
@@ -253,6 +256,8 @@ def structure_report(model, use_prox_point=True):
       (biases and normalisation not counted), None where a layer's output
       shape is unknown. Parameters count every weight (non-trainable ones,
       e.g. BatchNormalization moving statistics, included).
+    - `heads`, `heads_after` (MultiHeadAttention rows only): its heads, and
+      those `slim` keeps (the table shows them as "kept/all heads").
 
     Args:
         model: a built Keras model (Sequential / Functional for the slimming
@@ -280,6 +285,9 @@ def structure_report(model, use_prox_point=True):
         total.add_layer(model, layer, values, seen)
         kind = planned.get(id(layer), "unknown")
         rows.append(_layer_row(layer, kind, plan, counts))
+        if kind == "attention":  # MultiHeadAttention: heads kept of all
+            heads, kept, params_after = _slim_attention.head_counts(layer, values)
+            rows[-1].update(heads=heads, heads_after=kept, params_after=params_after)
     summed = {
         key: sum(r[key] or 0 for r in rows)
         for key in ("removable_channels", "params", "params_after", "flops", "flops_after")
@@ -302,8 +310,11 @@ def _layer_row(layer, kind, plan, counts):
         if kind == "producer":
             kept_in = int(plan.kept_in(layer).sum())
             spatial = math.prod(layer.kernel.shape[:-2])
-            params_after = spatial * kept_in * kept_out + (kept_out if layer.use_bias else 0)
+            has_bias = getattr(layer, "bias", None) is not None  # EinsumDense: no use_bias
+            params_after = spatial * kept_in * kept_out + (kept_out if has_bias else 0)
             positions = _positions(layer, out_shape) if out_shape else None
+            # As _flops counts them; also for a dense EinsumDense, which it does not list.
+            flops = positions and positions * math.prod(layer.kernel.shape)
             flops_after = positions and positions * spatial * kept_in * kept_out
         else:
             params_after = len(layer.weights) * kept_out

@@ -167,8 +167,15 @@ def test_convnext_tiny_from_keras_applications():
         if type(layer) is L.Conv2D and layer.groups == 1:  # as issue 16 tried it
             _zero_input_groups(layer, list(range(layer.kernel.shape[-2] // 2)))
     assert removed > 0
+    report = structure_report(model)  # the same plan as slim's
+    assert report.slimmable, report.note
     slim_model = slim_lib.slim(model)  # verifies the outputs
     assert slim_model.count_params() == model.count_params() - removed
+    assert report.as_dict()["total"]["params_after"] == slim_model.count_params()
+    block = "convnext_tiny_stage_0_block_0"
+    assert slim_model.get_layer(f"{block}_pointwise_conv_1").units == 4 * 96 // 2
+    # LayerScale (a private class of keras.applications) is copied unchanged.
+    assert slim_model.get_layer(f"{block}_layer_scale").gamma.shape == (96,)
     x = np.random.default_rng(5).standard_normal((2, 32, 32, 3)).astype("float32") * 50
     expected = keras.ops.convert_to_numpy(model(x))
     got = keras.ops.convert_to_numpy(slim_model(x))
@@ -207,4 +214,32 @@ def test_a_layer_slim_cannot_rebuild_is_named_in_one_line():
         slim_lib.slim(model)
     message = str(error.value)
     assert "layer 'lookup' (_LookupScale)" in message and "config" in message
+    assert "\n" not in message
+
+
+class _Copies(L.Layer):
+    """A user's layer whose get_config() forgets an argument: re-created
+    from its config, it returns two tensors instead of three."""
+
+    def __init__(self, count=2, **kwargs):
+        super().__init__(**kwargs)
+        self.count = count
+
+    def call(self, x):
+        return [x] * self.count
+
+    def get_config(self):
+        return super().get_config()
+
+
+def test_a_layer_rebuilt_with_fewer_outputs_is_named_not_a_bare_key_error():
+    inputs = keras.Input((4, 4, 2))
+    first, _, last = _Copies(3, name="copies")(L.Conv2D(3, 1, name="a")(inputs))
+    model = keras.Model(inputs, [L.Conv2D(2, 1, name="b")(last), first])
+    # Before: `KeyError: <id of the third output>` at the call of 'b'.
+    with pytest.raises(ValueError) as error:
+        slim_lib.slim(model)
+    message = str(error.value)
+    assert "layer 'copies' (_Copies)" in message
+    assert "returns 2 tensors, the original 3" in message and "get_config()" in message
     assert "\n" not in message
