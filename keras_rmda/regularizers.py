@@ -26,6 +26,10 @@ class ProximalRegularizer:
     grouping's strength (see `threshold_scale`).
     """
 
+    # True when the prox couples a group's weights, so that groups spanning
+    # several variables must be updated together (see optimizers/joint.py).
+    couples_groups = False
+
     def __init__(self, strength):
         # A non-finite λ would make the prox return nan, and training would
         # carry on with nan weights.
@@ -68,6 +72,8 @@ class GroupLasso(ProximalRegularizer):
     Zeroes whole groups (channels, units, ...). With `Elementwise` groups it
     is the L1 norm.
     """
+
+    couples_groups = True
 
     def prox(self, z, threshold, groups):
         return prox.prox_group_lasso(

@@ -1,6 +1,7 @@
 """Run in a subprocess: MirroredStrategy over two logical CPUs vs one device.
 
-Prints one JSON line: the largest weight difference, whether every replica
+`python distributed_run.py <optimizer> [cnn|transformer]`; the transformer
+has attention heads and MLP neurons as shared groups. Prints one JSON line: the largest weight difference, whether every replica
 holds the same optimizer state, and the stage step after restart().
 """
 
@@ -22,10 +23,11 @@ import numpy as np  # noqa: E402
 import optimizer_cases as cases  # noqa: E402
 
 
-def train(strategy, name):
+def train(strategy, name, architecture):
     x, y = cases.data()
     with strategy.scope():
-        model = cases.compile_model(cases.small_cnn(), cases.OPTIMIZERS[name](finalize=False))
+        model = cases.small_transformer() if architecture == "transformer" else cases.small_cnn()
+        model = cases.compile_model(model, cases.OPTIMIZERS[name](finalize=False))
     model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
     steps_after_restart = None
     if hasattr(model.optimizer, "restart"):  # eagerly, between epochs, under the strategy
@@ -44,9 +46,10 @@ def replica_values(variable):
 
 if __name__ == "__main__":
     name = sys.argv[1]
+    architecture = sys.argv[2] if len(sys.argv) > 2 else "cnn"  # or "transformer"
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    distributed, steps = train(mirrored, name)
-    single, _ = train(tf.distribute.get_strategy(), name)
+    distributed, steps = train(mirrored, name, architecture)
+    single, _ = train(tf.distribute.get_strategy(), name, architecture)
     diff = max(
         float(np.abs(a.numpy() - b.numpy()).max())
         for a, b in zip(distributed.trainable_variables, single.trainable_variables)

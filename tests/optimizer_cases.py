@@ -71,6 +71,22 @@ def small_cnn(seed=0):
     ])
 
 
+def small_transformer(seed=0):
+    """One attention block and MLP on the CNN data read as 16 tokens of 5,
+    heads and MLP neurons declared as shared groups."""
+    keras.utils.set_random_seed(seed)
+    L = keras.layers
+    inputs = keras.Input((8, 8, 5))
+    x = L.Dense(8, name="embed")(L.Reshape((16, 20))(inputs))
+    y = L.MultiHeadAttention(2, 4, name="attention")(x, x)
+    x = L.Add()([x, y])
+    y = L.Dense(3, name="up", activation="relu")(x)
+    x = L.Add()([x, L.Dense(8, name="down")(y)])
+    model = keras.Model(inputs, L.Dense(3, name="head")(L.GlobalAveragePooling1D()(x)))
+    kr.groups.declare_transformer(model)
+    return model
+
+
 def data(n=256, seed=0):
     """Class k: channel k is brightest in the top-left patch; channels 3-4 are noise."""
     rng = np.random.default_rng(seed)

@@ -20,6 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TESTS = [
     "test_rmda_golden.py",
     "test_prox.py",
+    "test_shared_groups.py",
     "test_optimizer_contract.py::test_apply_compiles_with_xla_and_matches_eager",
     "test_optimizer_contract.py::test_fit_leaves_exact_zero_groups[rmda]",
 ]

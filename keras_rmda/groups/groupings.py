@@ -1,36 +1,12 @@
-"""Declarations of how a variable's weights are grouped.
-
-A grouping is a Keras constraint so that it travels with the layer through
-`get_config` and `.keras` files. The optimizers read it (in `build`) and
-their proximal step makes whole groups exactly zero.
-
-    keras.layers.Conv2D(64, 3, kernel_constraint=InputChannels())
-    keras.layers.Dense(10, kernel_constraint=InputUnits(strength=2.0))
-
-`strength` multiplies the regulariser's λ for that variable (per-layer λ).
-A group's weight in the group LASSO is √|g|, |g| its number of weights.
-A variable has one constraint, so a grouping carries any other constraint
-it needs, `InputUnits(constraint=keras.constraints.NonNeg())`, and applies
-it as that constraint alone would be; without one it leaves weights as
-they are.
-
-With `groups="auto"` (the optimizers' default) a variable without a grouping
-is classified from its path, and only when that is certain: the kernel of a
-layer with Keras's default name for `Dense` (`dense`, `dense_3`, ...) gets
-`InputUnits`, the kernel of a default-named `Conv1D/2D/3D` gets
-`InputChannels`, everything else is unregularised (the optimizers warn,
-naming every kernel so left out). `declare_auto(model)` attaches the same
-choices by layer *type* (so renamed layers, depthwise and transposed
-convolutions are covered too), for users who want to see and edit them.
+"""The groupings: Keras constraints that declare how a variable's weights
+are grouped (see `keras_rmda.groups` for the overview).
 
 This module imports nothing of keras_rmda but its `_checks`.
 """
 
 import dataclasses
-import functools
 import json
 import math
-import re
 
 import keras
 
@@ -51,6 +27,9 @@ class VariableGroups:
         group_size: |g|, weights per group (all groups of a variable have
             the same size).
         strength: multiplier of the regulariser's λ for this variable.
+        shared: None, or the key of the groups this variable shares with
+            the other variables declaring the same key: group i is then
+            index i along `kept_axis` of all of them (see `SharedGroups`).
     """
 
     reduce_axes: tuple
@@ -58,6 +37,7 @@ class VariableGroups:
     num_groups: int
     group_size: int
     strength: float
+    shared: str | None = None
 
     @property
     def group_weight(self):
@@ -267,137 +247,89 @@ class Unregularized(Grouping):
         return config
 
 
-# --- the automatic choice ---------------------------------------------------
+# --- groups that span several variables -------------------------------------
 
-# Keras names a layer after its class (`Conv2D` -> `conv2d`, `conv2d_3`, ...);
-# a kernel whose layer still has such a name comes from that class for sure.
-_AUTO_BY_DEFAULT_LAYER_NAME = {
-    "dense": (2, InputUnits),
-    "conv1d": (3, InputChannels),
-    "conv2d": (4, InputChannels),
-    "conv3d": (5, InputChannels),
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class SharedGroups(AlongAxis):
+    """Groups that span several variables: index i along `axis` of every
+    variable declaring the same `key` is one group.
+
+    The group's norm runs over all its slices together, its weight is
+    √|g| with |g| the weights of all slices, and the proximal step zeroes
+    them at once. An MLP neuron j is the up-projection's kernel column j,
+    its bias entry j and the down-projection's kernel row j:
+
+        key = "block_0/mlp"
+        up = Dense(512, "gelu", kernel_constraint=SharedGroups(key, axis=1),
+                   bias_constraint=SharedGroups(key, axis=0))
+        down = Dense(128, kernel_constraint=SharedGroups(key, axis=0))
+
+    All variables of a key must have the same number of groups along their
+    axes and the same `strength`; the optimizer checks this in `build`.
+
+    Args:
+        key: a non-empty string naming the groups, unique in the model.
+        axis: the axis of this variable indexing the groups.
+        strength: multiplier of the regulariser's λ for these groups.
+        constraint: an inner Keras constraint (see `Grouping`).
+    """
+
+    def __init__(self, key, axis, strength=1.0, constraint=None):
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"`key` must be a non-empty string. Received: key={key!r}")
+        super().__init__(axis, strength, constraint)
+        self.key = key
+
+    def resolve(self, shape, name="variable"):
+        return dataclasses.replace(super().resolve(shape, name), shared=self.key)
+
+    def get_config(self):
+        return {"key": self.key, **super().get_config()}
+
+
+# `MultiHeadAttention`'s projections: sublayer name -> axis of the heads in
+# its kernel and bias (None: the variable holds no per-head weights).
+_HEAD_AXES = {
+    "query": {"kernel": -2, "bias": -2},  # kernel (d, heads, key_dim), bias (heads, key_dim)
+    "key": {"kernel": -2, "bias": -2},
+    "value": {"kernel": -2, "bias": -2},
+    "gate": {"kernel": -2, "bias": -2},
+    "attention_output": {"kernel": 0, "bias": None},  # kernel (heads, value_dim, out...)
 }
 
 
-def auto_grouping(variable):
-    """The grouping `groups="auto"` gives a variable without a declaration.
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class AttentionHeads(Grouping):
+    """One group per attention head of a `keras.layers.MultiHeadAttention`.
 
-    Returns `InputChannels()` / `InputUnits()` for kernels of default-named
-    convolution / dense layers and `Unregularized()` for everything else.
+    Pass it as the layer's `kernel_constraint` and `bias_constraint`: head h
+    is then the slices `[..., h, :]` of the query, key, value (and gate)
+    kernels and biases and the rows `[h]` of the output projection's
+    kernel, all in one group (its key is the layer's path). A zero head
+    contributes nothing to the output, and `keras_rmda.slim` rebuilds the
+    layer with fewer heads. The output projection's bias is not per head
+    and stays unregularised.
+
+        keras.layers.MultiHeadAttention(
+            8, 32, kernel_constraint=AttentionHeads(), bias_constraint=AttentionHeads())
+
+    Args:
+        strength: multiplier of the regulariser's λ for the heads.
+        constraint: an inner Keras constraint (see `Grouping`).
     """
-    path = str(getattr(variable, "path", None) or variable.name)
-    parts = path.split("/")
-    if len(parts) >= 2 and parts[-1] == "kernel":
-        layer_class_name = re.sub(r"_\d+$", "", parts[-2])
-        rank, grouping = _AUTO_BY_DEFAULT_LAYER_NAME.get(layer_class_name, (None, None))
-        if grouping is not None and len(variable.shape) == rank:
-            return grouping()
-    return Unregularized()
 
-
-def looks_like_kernel(variable):
-    """True for a variable a user probably meant to regularise (a kernel)."""
-    name = str(getattr(variable, "path", None) or variable.name).split("/")[-1]
-    return len(variable.shape) >= 2 and "kernel" in name
-
-
-def left_out_by_auto(variable):
-    """True for a kernel `groups="auto"` leaves unregularised without being told to.
-
-    A non-grouping constraint (NonNeg, MaxNorm, ...) is no such declaration:
-    only a grouping, `Unregularized()` included, is.
-    """
-    if isinstance(getattr(variable, "constraint", None), Grouping):
-        return False
-    return looks_like_kernel(variable) and not auto_grouping(variable).regularized
-
-
-def grouping_of(variable, groups="auto"):
-    """The `Grouping` that applies to `variable` under the optimizer's `groups`.
-
-    A `Grouping` constraint on the variable always wins; otherwise
-    `groups="auto"` uses `auto_grouping` and `groups=None` leaves the
-    variable unregularised.
-    """
-    validate_groups_argument(groups)
-    declared = getattr(variable, "constraint", None)
-    if isinstance(declared, Grouping):
-        return declared
-    if groups == "auto":
-        return auto_grouping(variable)
-    return Unregularized()
-
-
-def validate_groups_argument(groups):
-    if groups not in ("auto", None):
-        raise ValueError(
-            '`groups` must be "auto" or None (declare other groupings as '
-            f"constraints from keras_rmda.groups). Received: groups={groups!r}"
-        )
-
-
-# --- declaring by layer type ------------------------------------------------
-
-
-def _declaration_for(layer):
-    """(kernel attribute, constraint attribute, grouping(constraint=...)) or None."""
-    L = keras.layers
-    # Transposed kernels are (k..., out, in): the input channel is the last axis.
-    transposed = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
-    if isinstance(layer, transposed):
-        return "kernel", "kernel_constraint", functools.partial(AlongAxis, -1)
-    depthwise = (L.DepthwiseConv1D, L.DepthwiseConv2D)
-    if isinstance(layer, depthwise):
-        return "kernel", "depthwise_constraint", InputChannels
-    if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
-        return "depthwise_kernel", "depthwise_constraint", InputChannels
-    if isinstance(layer, (L.Conv1D, L.Conv2D, L.Conv3D)):
-        return "kernel", "kernel_constraint", InputChannels
-    if isinstance(layer, L.Dense):
-        return "kernel", "kernel_constraint", InputUnits
-    return None
-
-
-def _all_layers(model):
-    for layer in getattr(model, "layers", []):
-        yield layer
-        yield from _all_layers(layer)
-
-
-def declare_auto(model, overwrite=False):
-    """Attach the paper's groupings to `model`'s layers, by layer type.
-
-    Convolutions get `InputChannels` (transposed ones group their last axis,
-    which holds the input channels), depthwise kernels `InputChannels`,
-    dense layers `InputUnits`. Embeddings, einsum and other kernels are left
-    alone. A grouping already declared is kept unless `overwrite=True`; any
-    other constraint (NonNeg, MaxNorm, ...) is always kept, wrapped in the
-    grouping (`InputUnits(constraint=NonNeg())`), and `overwrite=True` keeps
-    the inner constraint of a grouping it replaces. The model must be built.
-    Returns `{variable path: grouping}` of what was attached.
-    """
-    if not model.built:
-        raise ValueError(
-            f"declare_auto needs a built model; build '{model.name}' first "
-            "(e.g. give it a keras.Input)."
-        )
-    attached = {}
-    for layer in _all_layers(model):
-        declaration = _declaration_for(layer)
-        if declaration is None:
-            continue
-        kernel_attr, constraint_attr, grouping_class = declaration
-        kernel = getattr(layer, kernel_attr, None)
-        if kernel is None:
-            continue
-        existing = getattr(kernel, "constraint", None)
-        if isinstance(existing, Grouping):
-            if not overwrite:
-                continue
-            existing = existing.constraint  # the user's own constraint stays
-        grouping = grouping_class(constraint=existing)
-        grouping.resolve(kernel.shape, kernel.path)  # fails loudly if unfit
-        kernel.constraint = grouping
-        setattr(layer, constraint_attr, grouping)  # so get_config carries it
-        attached[kernel.path] = grouping
-    return attached
+    def resolve(self, shape, name="variable"):
+        parts = str(name).split("/")
+        axes = _HEAD_AXES.get(parts[-2], {}) if len(parts) >= 3 else {}
+        if parts[-1] not in axes:
+            raise ValueError(
+                f"{self!r} groups the kernels and biases of a MultiHeadAttention "
+                f"layer ('<layer>/query/kernel', ...); variable '{name}' of shape "
+                f"{tuple(shape)} is not one of them."
+            )
+        axis = axes[parts[-1]]
+        if axis is None:
+            return None
+        layer_path = "/".join(parts[:-2])
+        return SharedGroups(layer_path, axis, self.strength).resolve(shape, name)

@@ -66,8 +66,10 @@ class AdaptiveProximalOptimizer(base.ProximalOptimizer):
             self.advanced(updating, self.update_count + 1.0, self.update_count))
 
     def update_step(self, gradient, variable, learning_rate):
-        index = self.variable_index(variable)
-        dtype = variable.dtype
+        target = self.target(gradient, variable)
+        if target is None:
+            return  # updated with the other variables of its shared groups
+        index, dtype = target.index, target.gradient.dtype
         learning_rate = ops.cast(learning_rate, dtype)
 
         def solve(d, da, weights):
@@ -76,10 +78,10 @@ class AdaptiveProximalOptimizer(base.ProximalOptimizer):
             return self.solve(index, d, da, weights, learning_rate)
 
         weights, first, second = adaptive_proximal_update(
-            variable,
-            self._first_moments[index],
-            self._second_moments[index],
-            self.prepared_gradient(index, gradient, variable),
+            target.weights,
+            self.read(self._first_moments, index),
+            self.read(self._second_moments, index),
+            target.gradient,
             learning_rate=learning_rate,
             step=ops.cast(self.update_count, dtype),
             beta_1=ops.cast(self.beta_1, dtype),
@@ -87,9 +89,9 @@ class AdaptiveProximalOptimizer(base.ProximalOptimizer):
             epsilon=ops.cast(self.epsilon, dtype),
             solve=solve,
         )
-        self.assign(self._first_moments[index], first)
-        self.assign(self._second_moments[index], second)
-        self.assign(variable, weights)
+        self.write(self._first_moments, index, first)
+        self.write(self._second_moments, index, second)
+        self.write_weights(target, weights)
 
     def solve(self, index, d, da, weights, learning_rate):
         """argmin_x ½xᵀDx − ⟨da, x⟩ + η·λψ(x) for a regularised variable."""

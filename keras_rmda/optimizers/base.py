@@ -6,6 +6,8 @@ raw `tf.Variable`s without `.constraint`. It prepares each gradient (coupled
 weight decay, non-finite entries made zero) and hands the variable's
 proximal map to the subclass's `update_step`, which calls its optimizer's
 pure update function and assigns the result, as Keras's own optimizers do.
+Groups that span several variables (attention heads, MLP neurons) are
+updated together, as one joint variable (see `joint`).
 
 Only public Keras and TensorFlow APIs are used here: the variable index is
 this class's own (see `VariableIndex`), and weight decay is coupled by this
@@ -22,6 +24,9 @@ from keras import ops
 from keras_rmda import _checks
 from keras_rmda import groups as groups_lib
 from keras_rmda import regularizers as regularizers_lib
+from keras_rmda.optimizers import joint as joint_lib
+from keras_rmda.optimizers.variable_index import DecayExclusions
+from keras_rmda.optimizers.variable_index import VariableIndex
 
 
 def proximal_optimizer_of(model_or_optimizer):
@@ -48,61 +53,6 @@ def zero_non_finite(gradient):
     state; like `optax.zero_nans`, for Inf too.
     """
     return ops.where(ops.isfinite(gradient), gradient, 0.0)
-
-
-class VariableIndex:
-    """Model variable → its position in the list the optimizer was built on.
-
-    Keras passes `update_step` the `keras.Variable` (JAX), the `tf.Variable`
-    behind it (TensorFlow) or, under a `tf.distribute` strategy, one
-    replica's component of it; all three are registered, the components
-    through the public `Strategy.experimental_local_results`.
-    """
-
-    def __init__(self, variables):
-        # Held here, not as a list attribute of the optimizer, which Keras
-        # would track as optimizer variables.
-        self.variables = tuple(variables)
-        # The handles stay referenced, so that no id is reused.
-        self._handles = [_handles(v) for v in variables]
-        self._positions = {
-            id(handle): position
-            for position, handles in enumerate(self._handles)
-            for handle in handles
-        }
-
-    def get(self, variable):
-        return self._positions.get(id(variable))
-
-    def __call__(self, variable):
-        position = self.get(variable)
-        if position is None:
-            raise KeyError(
-                f"Variable {getattr(variable, 'path', variable.name)!r} is not "
-                "one the optimizer was built on."
-            )
-        return position
-
-
-def _handles(variable):
-    handles = [variable]
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        value = variable.value if isinstance(variable, keras.Variable) else variable
-        handles.append(value)
-        if isinstance(value, tf.distribute.DistributedValues):
-            strategy = tf.distribute.get_strategy()
-            handles.extend(strategy.experimental_local_results(value))
-    return handles
-
-
-class _DecayExclusions:
-    """`exclude_from_weight_decay`'s arguments (an object: Keras would track
-    a list of variables held by the optimizer as its own variables)."""
-
-    def __init__(self, variables, pattern):
-        self.variables, self.pattern = variables, pattern
 
 
 class ProximalOptimizer(keras.optimizers.Optimizer):
@@ -160,7 +110,8 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         self.groups = groups
         self.finalize = bool(finalize)
         self.l2_weight_decay = weight_decay
-        self._decay_excluded = _DecayExclusions([], None)
+        self._decay_excluded = DecayExclusions([], None)
+        self._saved_groupings = {}
 
     @property
     def learning_rate(self):
@@ -182,23 +133,38 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
                 "the optimizer is built."
             )
         pattern = "|".join(re.escape(name) for name in var_names) if var_names else None
-        self._decay_excluded = _DecayExclusions(list(var_list or []), pattern)
+        self._decay_excluded = DecayExclusions(list(var_list or []), pattern)
 
     # --- build: groups read once, kept by variable index ---------------------
 
     def build(self, variables):
         if self.built:
             return
+        self._restore_saved_groupings(variables)
         # Resolve and check every grouping before any state is created.
         resolved = [self._resolve_groups(v) for v in variables]
+        # Shared groups become joint variables, at positions after the model
+        # variables' (only the group LASSO couples the members' weights).
+        joint = joint_lib.JointVariables(variables, [r[0] for r in resolved], self.regularizer)
         super().build(variables)
         self.variable_index = VariableIndex(variables)
-        self._variable_groups = [r[0] for r in resolved]
-        self._constraints = [r[1] for r in resolved]
+        self._joint = joint
+        self._variable_groups = [r[0] for r in resolved] + joint.groups
+        self._constraints = [r[1] for r in resolved] + [None] * len(joint.groups)
         self._decayed = [self._uses_weight_decay(v) for v in variables]
         if self.gradient_accumulation_steps:
             self._apply_calls = self.add_scalar("apply_calls", 0, dtype="int64")
         self._warn_about_unclassified_kernels(variables)
+
+    def _restore_saved_groupings(self, variables):
+        """Put back the groupings this optimizer's config saved (see
+        `get_config`) on the variables that lost them, by path: groupings
+        attached after a layer was built (`declare_transformer`) are not in
+        its config."""
+        for variable in variables:
+            saved = self._saved_groupings.get(variable.path)
+            if saved is not None and not isinstance(variable.constraint, groups_lib.Grouping):
+                variable.constraint = saved
 
     def _resolve_groups(self, variable):
         name = getattr(variable, "path", variable.name)
@@ -221,28 +187,10 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         return excluded.pattern is None or re.search(excluded.pattern, variable.name) is None
 
     def _warn_about_unclassified_kernels(self, variables):
-        if self.regularizer is None or self.groups != "auto":
-            return
-        # Every kernel left out, also those with a non-grouping constraint:
-        # NonNeg on a renamed layer is no sign the user meant no regulariser.
-        unclassified = [
-            v.path if getattr(v, "constraint", None) is None
-            else f"{v.path} (constraint {type(v.constraint).__name__})"
-            for v in variables
-            if groups_lib.left_out_by_auto(v)
-        ]
-        if unclassified:
-            warnings.warn(
-                f"{type(self).__name__}: groups='auto' left these kernels "
-                f"unregularised because their layer type is not certain from "
-                f"the variable alone: {unclassified}. Declare a grouping "
-                "(kernel_constraint=keras_rmda.groups.InputChannels(), ...; "
-                "another constraint goes inside it: InputUnits(constraint="
-                "keras.constraints.NonNeg())), call keras_rmda.groups."
-                "declare_auto(model) before compile (it keeps such constraints), "
-                "or mark them Unregularized() to silence this warning.",
-                stacklevel=3,
-            )
+        if self.regularizer is not None and self.groups == "auto":
+            message = groups_lib.left_out_by_auto_warning(type(self).__name__, variables)
+            if message:
+                warnings.warn(message, stacklevel=3)
 
     @property
     def _model_variables(self):
@@ -298,6 +246,9 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
             self.built = True
         if not self.built or not len(grads):
             return super().apply(grads, trainable_variables)
+        self._joint.check_gradients(
+            grads, self._model_variables if trainable_variables is None else trainable_variables,
+            self.variable_index)
         updating = self._updating_call()
         self.begin_step(updating)
         super().apply(grads, trainable_variables)
@@ -328,6 +279,46 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         return ops.where(updating, ops.convert_to_tensor(new), ops.convert_to_tensor(old))
 
     # --- what update_step uses -------------------------------------------------
+
+    def target(self, gradient, variable):
+        """What this `update_step` call updates: a `joint.Target` for the
+        variable, or for its joint variable once the last member's gradient
+        has arrived; None while other members of its shared groups are
+        still to come (their update then includes this variable)."""
+        index = self.variable_index(variable)
+        gradient = self.prepared_gradient(index, gradient, variable)
+        return self._joint.target(index, variable, gradient)
+
+    def read(self, slots, index):
+        """Slot `slots[index]`, or the joint variable's from its members'."""
+        joint = self._joint.at(index)
+        if joint is None:
+            return ops.convert_to_tensor(slots[index])
+        return joint_lib.joined([slots[m] for m in joint.members], joint.axes)
+
+    def write(self, slots, index, value):
+        """Assign `value` to slot `slots[index]` (split among a joint
+        variable's members)."""
+        joint = self._joint.at(index)
+        if joint is None:
+            self.assign(slots[index], value)
+            return
+        for member, part in zip(joint.members, self._joint.split(joint, value)):
+            self.assign(slots[member], part)
+
+    def write_weights(self, target, weights):
+        """Assign the new weights to the target's variable(s)."""
+        joint = self._joint.at(target.index)
+        parts = [weights] if joint is None else self._joint.split(joint, weights)
+        for variable, part in zip(target.variables, parts):
+            self.assign(variable, part)
+
+    def joint_set_of(self, variable_or_index):
+        """The `joint.JointSet` a model variable belongs to, or None."""
+        index = variable_or_index
+        if not isinstance(index, int):
+            index = self.variable_index(variable_or_index)
+        return self._joint.set_of(index)
 
     def regularized(self, index):
         return self.regularizer is not None and self._variable_groups[index] is not None
@@ -376,9 +367,17 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         total = ops.convert_to_tensor(0.0)
         if self.regularizer is None:
             return total
-        for variable in variables or self._model_variables:
-            groups = self.groups_of(variable)
-            total = total + ops.cast(self.regularizer.penalty(variable, groups), "float32")
+        indices = {self.variable_index(v) for v in variables or self._model_variables}
+        for index in sorted(indices):
+            if self._joint.set_of(index) is None:
+                total = total + ops.cast(self.regularizer.penalty(
+                    self._model_variables[index], self._variable_groups[index]), "float32")
+        for joint in self._joint.sets:  # a shared group counts once
+            if indices.intersection(joint.members):
+                value = joint_lib.joined(
+                    [self._model_variables[m] for m in joint.members], joint.axes)
+                penalty = self.regularizer.penalty(value, self._variable_groups[joint.index])
+                total = total + ops.cast(penalty, "float32")
         return total
 
     def get_config(self):
@@ -397,6 +396,14 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
                 "weight_decay": self.l2_weight_decay,
             }
         )
+        if self.built:
+            # The variables' groupings by path, so that `.keras` files keep
+            # those no layer config holds.
+            config["groupings"] = {
+                v.path: keras.saving.serialize_keras_object(v.constraint)
+                for v in self._model_variables
+                if isinstance(getattr(v, "constraint", None), groups_lib.Grouping)
+            }
         return config
 
     @classmethod
@@ -406,4 +413,10 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
             config["regularizer"] = keras.saving.deserialize_keras_object(
                 config["regularizer"], custom_objects=custom_objects
             )
-        return super().from_config(config, custom_objects=custom_objects)
+        groupings = config.pop("groupings", None) or {}
+        optimizer = super().from_config(config, custom_objects=custom_objects)
+        optimizer._saved_groupings = {
+            path: keras.saving.deserialize_keras_object(grouping, custom_objects=custom_objects)
+            for path, grouping in groupings.items()
+        }
+        return optimizer

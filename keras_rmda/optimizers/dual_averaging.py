@@ -120,19 +120,24 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
         return Stage(step, ops.convert_to_tensor(self.stage_alpha), ops.equal(step, 1.0),
                      ops.convert_to_tensor(self.momentum))
 
-    def stage_state(self, index, variable, fresh):
-        """`(W⁰, V)` for this step: W and 0 if the stage starts with it
-        (W⁰ is then stored; V is stored by the update)."""
-        initial_point = self._initial_points[index]
+    def stage_state(self, target, fresh):
+        """`(W⁰, V)` of a `joint.Target` for this step: W and 0 if the stage
+        starts with it (W⁰ is then stored; V is stored by the update)."""
         if self._current_stage is None:
             # Several replicas: `begin_step` runs in the replica context,
             # which cannot assign W⁰; each replica's update of its own copy can.
             def start_stage():
-                initial_point.assign(variable)
+                for member, variable in zip(self._members(target.index), target.variables):
+                    self._initial_points[member].assign(variable)
 
             ops.cond(fresh, start_stage, lambda: None)
-        sums = ops.convert_to_tensor(self._gradient_sums[index])
-        return ops.convert_to_tensor(initial_point), ops.where(fresh, 0.0, sums)
+        sums = ops.convert_to_tensor(self.read(self._gradient_sums, target.index))
+        return (ops.convert_to_tensor(self.read(self._initial_points, target.index)),
+                ops.where(fresh, 0.0, sums))
+
+    def _members(self, index):
+        joint = self._joint.at(index)
+        return (index,) if joint is None else joint.members
 
     def restart(self):
         """Start a new stage for every variable: W⁰ ← W, V ← 0, α ← 0, t ← 0.
@@ -167,15 +172,20 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
         Equals W at t = 0 (no step yet in the stage) and when the weights
         were changed from outside since the last step. Costs no memory.
         The variable's other constraint (`NonNeg`, ...) applies to W̃ as to
-        every step's weights: the model `fit` leaves must satisfy it.
+        every step's weights: the model `fit` leaves must satisfy it. A
+        member of shared groups gets its part of the joint variable's W̃.
         """
         index = self.variable_index(variable)
         step = ops.convert_to_tensor(self.stage_step)
         live = ops.logical_and(
             ops.greater(step, 0.0), ops.logical_not(self.changed_from_outside(variable))
         )
+        joint = self.joint_set_of(index)
         # Guard t = 0 against 0/0: that branch is discarded anyway.
-        point = self.dual_prox(index, ops.maximum(step, 1.0), self.stage_alpha)
+        point = self.dual_prox(index if joint is None else joint.index,
+                               ops.maximum(step, 1.0), self.stage_alpha)
+        if joint is not None:
+            point = self._joint.split(joint, point)[joint.members.index(index)]
         return ops.where(live, self.constrained(index, point), ops.convert_to_tensor(variable))
 
     def finalize_variable_values(self, var_list):
@@ -191,9 +201,11 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
 
 
 def _value_of(variable):
-    """An initializer giving `variable`'s current value."""
+    """An initializer giving a copy of `variable`'s current value (a copy:
+    on JAX the slot would otherwise share the weights' buffer, which a
+    compiled step cannot donate twice)."""
     value = ops.convert_to_tensor(variable)
-    return lambda shape, dtype=None: ops.cast(value, dtype or value.dtype)
+    return lambda shape, dtype=None: ops.copy(ops.cast(value, dtype or value.dtype))
 
 
 def _replicas_in_sync():

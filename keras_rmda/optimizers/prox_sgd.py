@@ -68,17 +68,20 @@ class ProxSGD(NewPointMomentum, base.ProximalOptimizer):
         self._momenta = self.add_slots(variables, "momentum_buffer")
 
     def update_step(self, gradient, variable, learning_rate):
-        index = self.variable_index(variable)
+        target = self.target(gradient, variable)
+        if target is None:
+            return  # updated with the other variables of its shared groups
+        dtype = target.gradient.dtype
         weights, momentum = prox_sgd_update(
-            variable,
-            self._momenta[index],
-            self.prepared_gradient(index, gradient, variable),
-            learning_rate=ops.cast(learning_rate, variable.dtype),
-            momentum=ops.cast(self.momentum, variable.dtype),
-            prox=self.prox_map(index),
+            target.weights,
+            self.read(self._momenta, target.index),
+            target.gradient,
+            learning_rate=ops.cast(learning_rate, dtype),
+            momentum=ops.cast(self.momentum, dtype),
+            prox=self.prox_map(target.index),
         )
-        self.assign(self._momenta[index], momentum)
-        self.assign(variable, weights)
+        self.write(self._momenta, target.index, momentum)
+        self.write_weights(target, weights)
 
     def get_config(self):
         config = super().get_config()

@@ -122,26 +122,28 @@ class RAMDA(dual_averaging.DualAveragingOptimizer):
         self._epsilon.assign(self._epsilon * self.restart_epsilon_factor)
 
     def update_step(self, gradient, variable, learning_rate):
-        index = self.variable_index(variable)
+        target = self.target(gradient, variable)
+        if target is None:
+            return  # updated with the other variables of its shared groups
+        index, dtype = target.index, target.gradient.dtype
         stage = self.stage()
-        initial_point, gradient_sum = self.stage_state(index, variable, stage.starts)
-        squared_sum = ops.convert_to_tensor(self._squared_sums[index])
-        squared_sum = ops.where(stage.starts, 0.0, squared_sum)
+        initial_point, gradient_sum = self.stage_state(target, stage.starts)
+        squared_sum = ops.where(stage.starts, 0.0, self.read(self._squared_sums, index))
         weights, gradient_sum, squared_sum = ramda_update(
-            variable,
+            target.weights,
             initial_point,
             gradient_sum,
             squared_sum,
-            self.prepared_gradient(index, gradient, variable),
-            learning_rate=ops.cast(learning_rate, variable.dtype),
-            momentum=ops.cast(stage.momentum, variable.dtype),
+            target.gradient,
+            learning_rate=ops.cast(learning_rate, dtype),
+            momentum=ops.cast(stage.momentum, dtype),
             step=stage.step,
             alpha=stage.alpha,
             subproblem=functools.partial(self._dual_point, index),
         )
-        self.assign(self._gradient_sums[index], gradient_sum)
-        self.assign(self._squared_sums[index], squared_sum)
-        self.assign(variable, weights)
+        self.write(self._gradient_sums, index, gradient_sum)
+        self.write(self._squared_sums, index, squared_sum)
+        self.write_weights(target, weights)
 
     def prox_point(self, variable):
         """W̃ recomputed from the state (see `DualAveragingOptimizer.prox_point`).
@@ -167,8 +169,8 @@ class RAMDA(dual_averaging.DualAveragingOptimizer):
 
     def dual_prox(self, index, step, alpha):
         return self._dual_point(
-            index, self._initial_points[index], self._gradient_sums[index],
-            self._squared_sums[index], alpha,
+            index, self.read(self._initial_points, index), self.read(self._gradient_sums, index),
+            self.read(self._squared_sums, index), alpha,
         )
 
     def _dual_point(self, index, initial_point, sums, squared_sums, alpha):

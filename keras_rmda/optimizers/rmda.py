@@ -77,28 +77,30 @@ class RMDA(dual_averaging.DualAveragingOptimizer):
         )
 
     def update_step(self, gradient, variable, learning_rate):
-        index = self.variable_index(variable)
+        target = self.target(gradient, variable)
+        if target is None:
+            return  # updated with the other variables of its shared groups
         stage = self.stage()
-        initial_point, gradient_sum = self.stage_state(index, variable, stage.starts)
+        initial_point, gradient_sum = self.stage_state(target, stage.starts)
+        dtype = target.gradient.dtype
         weights, gradient_sum = rmda_update(
-            variable,
+            target.weights,
             initial_point,
             gradient_sum,
-            self.prepared_gradient(index, gradient, variable),
-            learning_rate=ops.cast(learning_rate, variable.dtype),
-            momentum=ops.cast(stage.momentum, variable.dtype),
+            target.gradient,
+            learning_rate=ops.cast(learning_rate, dtype),
+            momentum=ops.cast(stage.momentum, dtype),
             step=stage.step,
             alpha=stage.alpha,
-            prox=self.prox_map(index),
+            prox=self.prox_map(target.index),
         )
-        self.assign(self._gradient_sums[index], gradient_sum)
-        self.assign(variable, weights)
+        self.write(self._gradient_sums, target.index, gradient_sum)
+        self.write_weights(target, weights)
 
     def dual_prox(self, index, step, alpha):
-        beta = ops.sqrt(step)
-        z = self._initial_points[index] - self._gradient_sums[index] * ops.cast(
-            1.0 / beta, self._gradient_sums[index].dtype)
-        return self.prox_map(index)(z, alpha / beta)
+        sums = self.read(self._gradient_sums, index)
+        z = self.read(self._initial_points, index) - sums * ops.cast(1.0 / ops.sqrt(step), sums.dtype)
+        return self.prox_map(index)(z, alpha / ops.sqrt(step))
 
 
 def rmda_update(weights, initial_point, gradient_sum, gradient, *, learning_rate,
