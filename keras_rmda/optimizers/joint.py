@@ -149,6 +149,9 @@ class JointVariables:
         if members is None:
             return None
         variables, gradients = zip(*members)
+        # A gradient's static shape can be unknown in a traced step (e.g.
+        # a Dense kernel's on a 3-D input); the variable's is always known.
+        gradients = [ops.reshape(g, v.shape) for g, v in zip(gradients, variables)]
         return Target(joint.index, joined(variables, joint.axes),
                       joined(gradients, joint.axes), variables)
 
