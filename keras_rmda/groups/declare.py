@@ -182,16 +182,10 @@ def declare_auto(model, overwrite=False):
         kernel = getattr(layer, kernel_attr, None)
         if kernel is None:
             continue
-        existing = getattr(kernel, "constraint", None)
-        if isinstance(existing, Grouping):
-            if not overwrite:
-                continue
-            existing = existing.constraint  # the user's own constraint stays
-        grouping = grouping_class(constraint=existing)
-        grouping.resolve(kernel.shape, kernel.path)  # fails loudly if unfit
-        kernel.constraint = grouping
-        setattr(layer, constraint_attr, grouping)  # so get_config carries it
-        attached[kernel.path] = grouping
+        grouping = _attached(kernel, grouping_class(), overwrite)
+        if grouping is not None:
+            setattr(layer, constraint_attr, grouping)  # so get_config carries it
+            attached[kernel.path] = grouping
     return attached
 
 
@@ -228,11 +222,13 @@ def declare_transformer(model, overwrite=False):
         )
     attached = {}
 
-    def attach(variable, grouping):
+    def attach(variable, grouping, layer=None, attribute=None):
         if variable is not None:
             grouping = _attached(variable, grouping, overwrite)
             if grouping is not None:
                 attached[variable.path] = grouping
+                if layer is not None:  # a Dense: so that its config carries it
+                    setattr(layer, attribute, grouping)
 
     for layer in _layers_within(model):
         if isinstance(layer, keras.layers.MultiHeadAttention):
@@ -242,9 +238,9 @@ def declare_transformer(model, overwrite=False):
                         attach(variable, AttentionHeads())
     for up, down in _mlp_pairs(model):
         key = up.path
-        attach(up.kernel, SharedGroups(key, axis=-1))
-        attach(up.bias, SharedGroups(key, axis=0))
-        attach(down.kernel, SharedGroups(key, axis=0))
+        attach(up.kernel, SharedGroups(key, axis=-1), up, "kernel_constraint")
+        attach(up.bias, SharedGroups(key, axis=0), up, "bias_constraint")
+        attach(down.kernel, SharedGroups(key, axis=0), down, "kernel_constraint")
     return attached
 
 
