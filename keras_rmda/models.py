@@ -7,10 +7,14 @@ returns logits (use `from_logits=True`), and leaves with the paper's
 groupings declared on its kernels (`keras_rmda.groups.declare_auto`:
 `InputChannels` on convolutions, `InputUnits` on dense kernels), so the
 optimizers regularise the same groups with `groups=None` as with "auto".
+
+`vit` (not in `build`'s registry: it is no model of the paper) declares
+transformer groups instead, attention heads and MLP neurons, or none.
 """
 
 import keras
 from keras import layers
+from keras import ops
 
 from keras_rmda import groups as groups_lib
 
@@ -152,6 +156,104 @@ def _bottleneck(x, in_channels, width, stride, name):
     y = layers.Add(name=f"{name}_add")([y, shortcut])
     return layers.ReLU(name=f"{name}_out")(y)
 
+
+@keras.saving.register_keras_serializable(package="keras_rmda")
+class PositionEmbedding(layers.Layer):
+    """Adds a learned embedding of shape (tokens, dim) to a (batch, tokens, dim) input."""
+
+    def build(self, input_shape):
+        self.embeddings = self.add_weight(
+            shape=tuple(input_shape[1:]), name="embeddings",
+            initializer=keras.initializers.RandomNormal(stddev=0.02))
+
+    def call(self, inputs):
+        return inputs + ops.cast(self.embeddings, inputs.dtype)
+
+
+def _per_block(arg, value, depth):
+    """`value` as a tuple of `depth` non-negative ints (an int is repeated)."""
+    values = (value,) * depth if isinstance(value, int) else tuple(value)
+    if len(values) != depth or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        raise ValueError(f"`{arg}` must be a non-negative int or a list of {depth} of them "
+                         f"(one per block). Received: {arg}={value!r}")
+    return values
+
+
+def _attention(x, num_heads, key_dim, strength, name):
+    """`x + MHA(LN(x))`; with `strength` (not None) the heads are declared as groups."""
+    def heads():
+        return None if strength is None else groups_lib.AttentionHeads(strength)
+
+    y = layers.LayerNormalization(epsilon=1e-6, name=f"{name}_attn_norm")(x)
+    y = layers.MultiHeadAttention(num_heads, key_dim, kernel_constraint=heads(),
+                                  bias_constraint=heads(), name=f"{name}_attn")(y, y)
+    return layers.Add(name=f"{name}_attn_add")([x, y])
+
+
+def _mlp(x, units, strength, key, name):
+    """`x + Dense(dim)(Dense(units, gelu)(LN(x)))`; hidden unit j is group j of `key`."""
+    def neurons(axis):
+        return None if strength is None else groups_lib.SharedGroups(key, axis, strength)
+
+    y = layers.LayerNormalization(epsilon=1e-6, name=f"{name}_mlp_norm")(x)
+    y = layers.Dense(units, activation="gelu", kernel_constraint=neurons(1),
+                     bias_constraint=neurons(0), name=f"{name}_mlp_up")(y)
+    y = layers.Dense(x.shape[-1], kernel_constraint=neurons(0), name=f"{name}_mlp_down")(y)
+    return layers.Add(name=f"{name}_mlp_add")([x, y])
+
+
+def vit(num_classes=10, input_shape=(28, 28, 1), patch_size=7, dim=64, depth=4,
+        num_heads=4, key_dim=16, mlp_units=128, groups=True, head_strength=1.0,
+        neuron_strength=1.0, name="vit"):
+    """A small pre-norm Vision Transformer returning logits.
+
+    Tokens are the non-overlapping `patch_size`² patches, embedded by a
+    Conv2D of that stride, plus a learned `PositionEmbedding`. Each block is
+    `x + MHA(LN(x))` then `x + Dense(dim)(Dense(mlp_units, gelu)(LN(x)))`;
+    a final LayerNormalization, the mean over tokens and a Dense head follow.
+
+    Args:
+        num_classes, input_shape: as for the other models.
+        patch_size: must divide the image height and width.
+        dim: token width.
+        depth: number of blocks.
+        num_heads: heads per block (each of `key_dim`), an int or one per
+            block: a slimmed ViT keeps different heads in different blocks.
+            0 leaves the block's attention out.
+        key_dim: width of every head.
+        mlp_units: hidden units of each block's MLP, an int or one per
+            block; 0 leaves the block's MLP out.
+        groups: declare the transformer groupings: `AttentionHeads` on every
+            MHA kernel and bias (one group per head: its query / key / value
+            slices and output-projection rows) and, per block, `SharedGroups`
+            tying hidden unit j of the MLP (first kernel's column j, its
+            bias j, second kernel's row j) into one group. False: none.
+        head_strength, neuron_strength: the groupings' `strength`, the
+            multiplier of the regulariser's λ for heads and for neurons.
+        name: the model's name; the `SharedGroups` keys start with it.
+    """
+    shape = _check(num_classes, input_shape)
+    if shape[0] % patch_size or shape[1] % patch_size:
+        raise ValueError(f"`patch_size` must divide the image size {shape[:2]}. "
+                         f"Received: patch_size={patch_size!r}")
+    heads = _per_block("num_heads", num_heads, depth)
+    units = _per_block("mlp_units", mlp_units, depth)
+    if not groups:
+        head_strength = neuron_strength = None
+    inputs = keras.Input(shape)
+    x = layers.Conv2D(dim, patch_size, strides=patch_size, name="patch_embed")(inputs)
+    x = layers.Reshape((-1, dim), name="tokens")(x)
+    x = PositionEmbedding(name="position_embedding")(x)
+    for i in range(depth):
+        if heads[i]:
+            x = _attention(x, heads[i], key_dim, head_strength, f"block{i}")
+        if units[i]:
+            x = _mlp(x, units[i], neuron_strength, f"{name}/block{i}/mlp", f"block{i}")
+    x = layers.LayerNormalization(epsilon=1e-6, name="final_norm")(x)
+    x = layers.GlobalAveragePooling1D(name="token_mean")(x)
+    outputs = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
 
 _BUILDERS = {
     "logreg": logistic_regression,
