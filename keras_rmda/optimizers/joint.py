@@ -123,9 +123,6 @@ class Pending:
         del self._waiting[key]
         return [waiting[m] for m in joint.members]
 
-    def unfinished(self):
-        return sorted({index for index, _ in self._waiting})
-
 
 class JointVariables:
     """An optimizer's joint variables and their pending members (a plain
