@@ -247,10 +247,8 @@ def _copy_call(call, new_tensor, values):
         outputs = copy(*args, **kwargs)
         copy.set_weights([values[id(w)] for w in layer.weights])
     except Exception as error:
-        raise ValueError(
-            f"slim cannot copy {_graph_walk.describe(layer)} while expanding the "
-            f"keras_hub blocks of the model: {error}"
-        ) from error
+        raise _graph_walk.failure("copy", layer, error,
+                                  step="expanding the model's keras_hub blocks") from error
     return outputs
 
 
