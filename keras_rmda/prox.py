@@ -22,28 +22,31 @@ from keras import ops
 # its input: z and z² would each be written to memory and read back.
 FUSED_SUM_SIZE = 32
 
-# From this many entries `group_sums_of_squares` sums in runs; below, the
-# extra kernel costs more than the memory traffic it saves
+# From this many entries `group_sums_of_squares(..., in_runs=True)` sums in
+# runs; below, the extra kernel costs more than the memory traffic it saves
 # (docs/performance.md).
 RUNS_MIN_SIZE = 2**16
 
 
-def group_sums_of_squares(z, reduce_axes):
+def group_sums_of_squares(z, reduce_axes, in_runs=False):
     """‖z_g‖₂² of every group, keeping the reduced axes (size 1).
 
     A group is one index along each axis *not* in `reduce_axes`; e.g. for a
     Conv2D kernel `(kh, kw, in, out)` and `reduce_axes=(0, 1, 3)` there is one
     group per input channel.
+
+    `in_runs=True` sums a long last axis in runs of at most `FUSED_SUM_SIZE`
+    first, for XLA's CPU backend, where the squares are then summed where
+    they are made. The sums are the same up to rounding; a GPU fuses the
+    plain sum with its input already, and the runs would cost it a kernel.
     """
     squares = ops.square(z)
     rank = len(z.shape)
     size = z.shape[-1] if rank else None
     sums_last_axis = rank and rank - 1 in {axis % rank for axis in reduce_axes}
     static = all(isinstance(d, int) for d in z.shape)
-    if sums_last_axis and static and size > FUSED_SUM_SIZE \
+    if in_runs and sums_last_axis and static and size > FUSED_SUM_SIZE \
             and math.prod(z.shape) >= RUNS_MIN_SIZE:
-        # Sum the last axis in runs of at most FUSED_SUM_SIZE first, so the
-        # squares are summed where they are made (docs/performance.md).
         # `abs` is a no-op on the partial sums that keeps XLA from merging
         # the two sums back into one.
         run = max(d for d in range(1, FUSED_SUM_SIZE + 1) if size % d == 0)
@@ -53,12 +56,12 @@ def group_sums_of_squares(z, reduce_axes):
     return ops.sum(squares, axis=reduce_axes, keepdims=True)
 
 
-def group_norms(z, reduce_axes):
+def group_norms(z, reduce_axes, in_runs=False):
     """Euclidean norm of every group, keeping the reduced axes (size 1)."""
-    return ops.sqrt(group_sums_of_squares(z, reduce_axes))
+    return ops.sqrt(group_sums_of_squares(z, reduce_axes, in_runs))
 
 
-def prox_group_lasso(z, threshold, reduce_axes):
+def prox_group_lasso(z, threshold, reduce_axes, in_runs=False):
     r"""Proximal map of the group LASSO (block soft-thresholding).
 
     Returns
@@ -74,12 +77,13 @@ def prox_group_lasso(z, threshold, reduce_axes):
         threshold: a scalar ≥ 0.
         reduce_axes: the axes a group's norm is taken over (see
             `group_norms`); `()` makes every entry its own group (= L1).
+        in_runs: how the group norms are summed (`group_sums_of_squares`).
     """
     if not reduce_axes:
         return prox_l1(z, threshold)
     # From the squared norms: one small kernel for the factor, not a square
     # root and then the factor.
-    squares = group_sums_of_squares(z, reduce_axes)
+    squares = group_sums_of_squares(z, reduce_axes, in_runs)
     keep = squares > threshold * threshold
     safe = ops.where(keep, squares, ops.ones_like(squares))
     return z * ops.where(keep, 1.0 - threshold * ops.rsqrt(safe), ops.zeros_like(squares))

@@ -8,6 +8,8 @@ regularised, so the zeros it makes are exact. Each regulariser holds λ
     optimizer = keras_rmda.RMDA(regularizer=keras_rmda.GroupLasso(1e-3))
 """
 
+import functools
+
 import keras
 from keras import ops
 
@@ -71,13 +73,23 @@ class GroupLasso(ProximalRegularizer):
 
     Zeroes whole groups (channels, units, ...). With `Elementwise` groups it
     is the L1 norm.
+
+    `sums_in_runs` picks how the group norms are summed for the device the
+    step is compiled for (`prox.group_sums_of_squares`): None (default) sums
+    in runs when Keras sees no accelerator, for XLA's CPU backend. Set it to
+    False on an instance to trace for a GPU this process cannot see (as
+    `benchmarks/accelerator_step_time.py --hlo-target` does).
     """
 
     couples_groups = True
+    sums_in_runs = None
 
     def prox(self, z, threshold, groups):
+        in_runs = self.sums_in_runs
+        if in_runs is None:
+            in_runs = _cpu_only()
         return prox.prox_group_lasso(
-            z, threshold * groups.group_weight, groups.reduce_axes
+            z, threshold * groups.group_weight, groups.reduce_axes, in_runs
         )
 
     def penalty_value(self, w, groups):
@@ -120,6 +132,12 @@ class NuclearNorm(ProximalRegularizer):
 
     def penalty_value(self, w, groups):
         return prox.nuclear_norm_penalty(w)
+
+
+@functools.cache
+def _cpu_only():
+    """True when Keras lists no accelerator (GPU, TPU) in this process."""
+    return all(device.lower().startswith("cpu") for device in keras.distribution.list_devices())
 
 
 def get(identifier):

@@ -15,19 +15,21 @@ def _np(x):
     return keras.ops.convert_to_numpy(x).astype(np.float64)
 
 
+@pytest.mark.parametrize("in_runs", [False, True])
 @pytest.mark.parametrize(
     "kept_axis,shape",
-    # (600, 120), (3, 3, 128, 64): the last axis is summed in runs (`FUSED_SUM_SIZE`).
+    # (600, 120), (3, 3, 128, 64): with in_runs, the last axis is summed in
+    # runs (`FUSED_SUM_SIZE`).
     [(0, (8, 5)), (1, (8, 5)), (2, (3, 3, 6, 4)), (0, (600, 120)), (2, (3, 3, 128, 64))],
 )
-def test_group_lasso_closed_form_and_optimality(kept_axis, shape):
+def test_group_lasso_closed_form_and_optimality(kept_axis, shape, in_runs):
     # Groups of different scales, so that some fall under the threshold
     # however large they are (the norms of large groups concentrate).
     scales = rng.uniform(0.5, 1.5, size=[n if a == kept_axis else 1 for a, n in enumerate(shape)])
     z = (rng.normal(size=shape) * scales).astype("float32")
     reduce_axes = tuple(a for a in range(len(shape)) if a != kept_axis)
     tau = 0.9 * float(np.median(np.sqrt((z.astype(np.float64) ** 2).sum(axis=reduce_axes))))
-    x = _np(prox.prox_group_lasso(z, tau, reduce_axes))
+    x = _np(prox.prox_group_lasso(z, tau, reduce_axes, in_runs))
     z = z.astype(np.float64)
     # Closed form: groups with ‖z_g‖ ≤ τ are exactly zero, the others shrink.
     expected = ref.prox_group_lasso(z, tau / np.sqrt(z.size / shape[kept_axis]), kept_axis)
@@ -45,17 +47,20 @@ def test_group_lasso_closed_form_and_optimality(kept_axis, shape):
     assert 0 < zero_groups < zs.shape[0]
 
 
+@pytest.mark.parametrize("in_runs", [False, True])
 @pytest.mark.parametrize("shape,reduce_axes", [
-    # The first three sum their last axis in runs (`RUNS_MIN_SIZE` entries and more).
+    # With in_runs, the first three sum their last axis in runs
+    # (`RUNS_MIN_SIZE` entries and more).
     ((700, 120), (1,)), ((700, 120), (-1,)), ((2, 3, 128, 96), (0, 1, 3)),
     ((500, 131), (1,)), ((7, 120), (1,)), ((96, 7), (0,)), ((40,), (0,)),
 ])
-def test_group_norms_match_numpy_and_keep_nan_to_its_group(shape, reduce_axes):
+def test_group_norms_match_numpy_and_keep_nan_to_its_group(shape, reduce_axes, in_runs):
     z = rng.normal(size=shape).astype("float32")
     expected = np.sqrt((z.astype(np.float64) ** 2).sum(axis=reduce_axes, keepdims=True))
-    np.testing.assert_allclose(_np(prox.group_norms(z, reduce_axes)), expected, rtol=1e-6)
+    np.testing.assert_allclose(_np(prox.group_norms(z, reduce_axes, in_runs)), expected,
+                               rtol=1e-6)
     z.flat[0] = np.nan
-    norms = _np(prox.group_norms(z, reduce_axes))
+    norms = _np(prox.group_norms(z, reduce_axes, in_runs))
     assert np.isnan(norms.flat[0]) and np.isnan(norms).sum() == 1
 
 

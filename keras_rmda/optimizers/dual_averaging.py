@@ -13,7 +13,8 @@ V (the weighted gradient sum) are per variable. A stage starts
 
 `begin_step` advances t and α once per step, before Keras calls
 `update_step` for each variable; `update_step` sees the new t, and t = 1
-tells it that the stage starts with this step (W⁰ ← W, V ← 0).
+tells it that the stage starts with this step: `stage_state` then stores
+W⁰ ← W and reads V as 0.
 """
 
 import collections
@@ -76,27 +77,11 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
         self.stage_alpha.assign(self.advanced(updating, alpha, self.stage_alpha))
         self._current_stage = None
         if _replicas_in_sync() > 1:
-            return  # see `stage` and `stage_state`
-        fresh = ops.equal(step, 1.0)
-        self._start_stage_where(fresh if updating is None else ops.logical_and(fresh, updating))
+            return  # see `stage`
         # For every update_step of this step (a traced program: these are its
         # tensors), rather than a dozen scalar ops per variable.
-        self._current_stage = Stage(step, alpha, fresh, ops.convert_to_tensor(self.momentum))
-
-    def _start_stage_where(self, starts):
-        """W⁰ ← W for every variable if `starts`: one branch for the whole
-        model, which a step that does not take it does not pay for."""
-        if keras.backend.backend() == "tensorflow":
-            ops.cond(starts, self._store_initial_points, lambda: None)
-            return
-        # A stateless trace (JAX): the branch picks the values to store.
-        initial_points = ops.cond(
-            starts,
-            lambda: [ops.convert_to_tensor(v) for v in self._model_variables],
-            lambda: [ops.convert_to_tensor(w) for w in self._initial_points],
-        )
-        for slot, value in zip(self._initial_points, initial_points):
-            slot.assign(value)
+        self._current_stage = Stage(step, alpha, ops.equal(step, 1.0),
+                                    ops.convert_to_tensor(self.momentum))
 
     def _store_initial_points(self):
         """W⁰ ← W for every variable."""
@@ -122,22 +107,18 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
 
     def stage_state(self, target, fresh):
         """`(W⁰, V)` of a `joint.Target` for this step: W and 0 if the stage
-        starts with it (W⁰ is then stored; V is stored by the update)."""
-        if self._current_stage is None:
-            # Several replicas: `begin_step` runs in the replica context,
-            # which cannot assign W⁰; each replica's update of its own copy can.
-            def start_stage():
-                for member, variable in zip(self._members(target.index), target.variables):
-                    self._initial_points[member].assign(variable)
+        starts with it, and then W⁰ ← W (V is stored by the update).
 
-            ops.cond(fresh, start_stage, lambda: None)
-        sums = ops.convert_to_tensor(self.read(self._gradient_sums, target.index))
-        return (ops.convert_to_tensor(self.read(self._initial_points, target.index)),
-                ops.where(fresh, 0.0, sums))
-
-    def _members(self, index):
-        joint = self._joint.at(index)
-        return (index,) if joint is None else joint.members
+        W⁰ is written every step, as a select inside the update rather than
+        a branch around the model's writes: compiled by XLA, a branch copies
+        every W⁰ it leaves unchanged, and on a GPU waits for its predicate on
+        the host; the select is one more write in the update's own kernel.
+        """
+        initial_point = ops.where(fresh, ops.convert_to_tensor(target.weights),
+                                  self.read(self._initial_points, target.index))
+        self.write(self._initial_points, target.index, initial_point)
+        sums = self.read(self._gradient_sums, target.index)
+        return initial_point, ops.where(fresh, 0.0, sums)
 
     def restart(self):
         """Start a new stage for every variable: W⁰ ← W, V ← 0, α ← 0, t ← 0.

@@ -10,8 +10,9 @@ import math
 from keras import ops
 
 # At most this many weights of each variable enter the fingerprint: any
-# write that replaces a tensor (`set_weights`, `load_weights`) changes them.
-SAMPLES_PER_VARIABLE = 1024
+# write that replaces a tensor (`set_weights`, `load_weights`) changes them,
+# and a small fingerprint is compared in one reduction kernel on a GPU.
+SAMPLES_PER_VARIABLE = 256
 
 # Relative to the largest recorded weight. The recorded sample is read from
 # the stored weights, but XLA may recompute a sampled weight inside the
