@@ -25,10 +25,18 @@ is an instruction of the ENTRY computation other than parameter, constant,
 tuple, get-tuple-element and bitcast: each fusion, copy, custom-call or
 unfused op is one launch on a GPU (control flow, if any, is counted as one
 and listed by opcode). Prints each count with its fusions and opcodes,
-`hlo_kernels sgd <n> group_lasso <m>`, and last `hlo_kernel_ratio <m / n>`;
-the rows go to `benchmarks/results/hlo_kernels.json`.
+`hlo_kernels sgd <n> group_lasso <m> l1 <k>`, and last `hlo_kernel_ratio <m / n>`;
+the rows go to `benchmarks/results/hlo_kernels_<platform>.json`.
 
     KERAS_BACKEND=jax python benchmarks/accelerator_step_time.py --hlo [--hlo-dump DIR]
+
+`--hlo-target h100` compiles for an NVIDIA H100 without one, through JAX's
+deviceless ahead-of-time path: the CUDA PJRT plugin's compile-only client
+runs XLA's GPU pipeline on the target `h100_sxm.txtpb` beside this script
+(XLA's `xla/backends/gpu/target_config/specs/h100_sxm.txtpb`). It needs the
+plugin of the installed JAX's version, no GPU and no CUDA libraries:
+
+    pip install --no-deps "jax-cuda12-plugin==$V" "jax-cuda12-pjrt==$V"  # V: jax.__version__
 """
 
 import argparse
@@ -51,12 +59,16 @@ from timing import interleaved_medians  # noqa: E402
 BATCH = 128
 
 
-def make_optimizer(name):
+def make_optimizer(name, accelerator=None):
+    """`accelerator=True` traces the group norms for an accelerator even
+    where this process sees none (`GroupLasso.sums_in_runs`)."""
+    group_lasso = kr.GroupLasso(1e-4)
+    if accelerator:
+        group_lasso.sums_in_runs = False
     return {
         "sgd": lambda: keras.optimizers.SGD(0.01, momentum=0.9),
         # finalize=False: the prox point at the end of fit is not part of a step.
-        "group_lasso": lambda: kr.RMDA(0.1, 0.1, regularizer=kr.GroupLasso(1e-4),
-                                       finalize=False),
+        "group_lasso": lambda: kr.RMDA(0.1, 0.1, regularizer=group_lasso, finalize=False),
         "l1": lambda: kr.RMDA(0.1, 0.1, regularizer=kr.L1(1e-4), finalize=False),
     }[name]()
 
@@ -133,18 +145,31 @@ def update_alone(optimizer_name, updates, distinct=4):
 NOT_KERNELS = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast"}
 
 
-def compiled_update_hlo(optimizer_name):
-    """Optimised HLO text of one `stateless_apply` on VGG19-BN's trainable variables."""
+def h100_sharding():
+    """Placement on a compile-only NVIDIA H100 (JAX's deviceless AOT path)."""
+    from jax.experimental import topologies
+
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "h100_sxm.txtpb")) as f:
+        target_config = f.read()
+    topology = topologies.get_topology_desc(
+        platform="cuda", target_config=target_config, topology="1x1x1")
+    mesh = topologies.make_mesh(topo=topology, mesh_shape=(1,), axis_names=("x",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def compiled_update_hlo(optimizer_name, sharding=None):
+    """Optimised HLO text of one `stateless_apply` on VGG19-BN's trainable
+    variables, for the local device or the one `sharding` places them on."""
     keras.utils.set_random_seed(0)
     model = kr.models.build("vgg19", 10, (32, 32, 3))
-    optimizer = make_optimizer(optimizer_name)
+    optimizer = make_optimizer(optimizer_name, accelerator=sharding is not None)
     optimizer.build(model.trainable_variables)
 
     def update(trainable, optimizer_state, grads):
         return optimizer.stateless_apply(optimizer_state, grads, trainable)
 
     def spec(v):
-        return jax.ShapeDtypeStruct(tuple(v.shape), v.dtype)
+        return jax.ShapeDtypeStruct(tuple(v.shape), v.dtype, sharding=sharding)
 
     trainable = [spec(v.value) for v in model.trainable_variables]
     # Donated in the order they come back, as in Keras's trainer: JAX pairs a
@@ -174,14 +199,17 @@ def entry_instructions(hlo_text):
     return instructions
 
 
-def hlo_main(dump_dir):
-    device = jax.devices()[0]
+def hlo_main(dump_dir, target):
+    sharding = h100_sharding() if target == "h100" else None
+    device = jax.devices()[0] if sharding is None else sharding.mesh.devices.flat[0]
+    compiled_for = "compiled" if sharding is None else "compiled ahead of time, no device"
     print(f"JAX {jax.__version__}, Keras {keras.__version__}, backend "
-          f"{keras.backend.backend()}, device {device.device_kind} ({device.platform}); "
-          "optimised HLO of the update alone on VGG19-BN's trainable variables", flush=True)
+          f"{keras.backend.backend()}, device {device.device_kind} ({device.platform}, "
+          f"{compiled_for}); optimised HLO of the update alone on VGG19-BN's trainable "
+          "variables", flush=True)
     rows, kernels = [], {}
-    for name in ("sgd", "group_lasso"):
-        text, compile_s, n_variables = compiled_update_hlo(name)
+    for name in ("sgd", "group_lasso", "l1"):
+        text, compile_s, n_variables = compiled_update_hlo(name, sharding)
         if dump_dir:
             os.makedirs(dump_dir, exist_ok=True)
             with open(os.path.join(dump_dir, f"update_{name}.hlo.txt"), "w") as f:
@@ -203,11 +231,13 @@ def hlo_main(dump_dir):
               "by opcode "
               f"{dict(sorted(launched.items(), key=lambda kv: -kv[1]))}; "
               f"compiled in {compile_s:.1f} s", flush=True)
-    print(f"hlo_kernels sgd {kernels['sgd']} group_lasso {kernels['group_lasso']}")
+    print(f"hlo_kernels sgd {kernels['sgd']} group_lasso {kernels['group_lasso']} "
+          f"l1 {kernels['l1']}")
+    print(f"hlo_kernel_ratio_l1 {kernels['l1'] / kernels['sgd']:.3f}")
     summary = f"hlo_kernel_ratio {kernels['group_lasso'] / kernels['sgd']:.3f}"
-    record.write("hlo_kernels", rows, summary, {
+    record.write(f"hlo_kernels_{device.platform}", rows, summary, {
         "model": "vgg19", "input_shape": (32, 32, 3), "device": device.device_kind,
-        "not_kernels": sorted(NOT_KERNELS)})
+        "ahead_of_time": sharding is not None, "not_kernels": sorted(NOT_KERNELS)})
     print(summary)
 
 
@@ -220,9 +250,12 @@ def main():
     parser.add_argument("--hlo", action="store_true",
                         help="count the kernels of the compiled update instead of timing")
     parser.add_argument("--hlo-dump", help="with --hlo: write each optimised HLO text here")
+    parser.add_argument("--hlo-target", choices=("local", "h100"), default="local",
+                        help="with --hlo: compile for the local device, or for an H100 "
+                             "without one (needs jax-cuda12-plugin, see above)")
     args = parser.parse_args()
     if args.hlo:
-        hlo_main(args.hlo_dump)
+        hlo_main(args.hlo_dump, args.hlo_target)
         return
     parts = args.parts.split(",")
     device = jax.devices()[0]
