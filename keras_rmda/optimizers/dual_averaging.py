@@ -30,8 +30,8 @@ from keras_rmda.optimizers.momentum import check_momentum
 
 
 # One step's t and α (after its increments), whether the stage starts with
-# it, and c.
-Stage = collections.namedtuple("Stage", ["step", "alpha", "starts", "momentum"])
+# it, c and η.
+Stage = collections.namedtuple("Stage", ["step", "alpha", "starts", "momentum", "learning_rate"])
 
 
 class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
@@ -71,7 +71,8 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
             fingerprint_lib.fingerprint(self._model_variables), self._fingerprint
         )
         step = ops.where(changed, 0.0, ops.convert_to_tensor(self.stage_step)) + 1.0
-        scale = ops.cast(self.learning_rate, "float32") * ops.sqrt(step)  # s = η·√t
+        learning_rate = ops.cast(self.learning_rate, "float32")
+        scale = learning_rate * ops.sqrt(step)  # s = η·√t
         alpha = ops.where(changed, 0.0, ops.convert_to_tensor(self.stage_alpha)) + scale
         self.stage_step.assign(self.advanced(updating, step, self.stage_step))
         self.stage_alpha.assign(self.advanced(updating, alpha, self.stage_alpha))
@@ -79,9 +80,10 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
         if _replicas_in_sync() > 1:
             return  # see `stage`
         # For every update_step of this step (a traced program: these are its
-        # tensors), rather than a dozen scalar ops per variable.
+        # tensors), rather than a dozen scalar ops per variable. c and η are
+        # read here once: on TensorFlow each op a variable enters reads it.
         self._current_stage = Stage(step, alpha, ops.equal(step, 1.0),
-                                    ops.convert_to_tensor(self.momentum))
+                                    _read(self.momentum), learning_rate)
 
     def _store_initial_points(self):
         """W⁰ ← W for every variable."""
@@ -103,7 +105,7 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
             return self._current_stage
         step = ops.convert_to_tensor(self.stage_step)
         return Stage(step, ops.convert_to_tensor(self.stage_alpha), ops.equal(step, 1.0),
-                     ops.convert_to_tensor(self.momentum))
+                     _read(self.momentum), ops.cast(self.learning_rate, "float32"))
 
     def stage_state(self, target, fresh):
         """`(W⁰, V)` of a `joint.Target` for this step: W and 0 if the stage
@@ -187,6 +189,12 @@ def _value_of(variable):
     compiled step cannot donate twice)."""
     value = ops.convert_to_tensor(variable)
     return lambda shape, dtype=None: ops.copy(ops.cast(value, dtype or value.dtype))
+
+
+def _read(variable):
+    """The value of a Keras variable as a tensor (on TensorFlow, one read;
+    `convert_to_tensor` returns the variable itself)."""
+    return ops.cast(variable, variable.dtype)
 
 
 def _replicas_in_sync():

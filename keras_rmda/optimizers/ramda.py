@@ -135,7 +135,7 @@ class RAMDA(dual_averaging.DualAveragingOptimizer):
             gradient_sum,
             squared_sum,
             target.gradient,
-            learning_rate=ops.cast(learning_rate, dtype),
+            learning_rate=ops.cast(stage.learning_rate, dtype),
             momentum=ops.cast(stage.momentum, dtype),
             step=stage.step,
             alpha=stage.alpha,

@@ -83,12 +83,14 @@ class RMDA(dual_averaging.DualAveragingOptimizer):
         stage = self.stage()
         initial_point, gradient_sum = self.stage_state(target, stage.starts)
         dtype = target.gradient.dtype
+        # η is the stage's: the same `self.learning_rate` Keras passes, read
+        # once per step.
         weights, gradient_sum = rmda_update(
             target.weights,
             initial_point,
             gradient_sum,
             target.gradient,
-            learning_rate=ops.cast(learning_rate, dtype),
+            learning_rate=ops.cast(stage.learning_rate, dtype),
             momentum=ops.cast(stage.momentum, dtype),
             step=stage.step,
             alpha=stage.alpha,
