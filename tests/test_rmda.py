@@ -349,3 +349,28 @@ def test_nuclear_norm_trains_under_xla_on_a_large_kernel():
     singular = np.linalg.svd(_np(model.layers[0].kernel).astype(np.float64), compute_uv=False)
     assert np.isfinite(singular).all()
     assert np.sum(singular > 1e-4 * singular.max()) < 250  # the prox cut the rank
+
+
+def test_group_norms_in_runs_or_not_give_the_same_steps():
+    # GroupLasso sums long last axes in runs where Keras lists no accelerator
+    # (XLA's CPU layout) and in one sum elsewhere: the steps must agree to
+    # rounding, and the same groups must be zero.
+    initial = rng.normal(size=(512, 160)).astype("float32")  # ≥ RUNS_MIN_SIZE entries
+    initial[::3] *= 0.01
+    gradients = [0.01 * rng.normal(size=initial.shape).astype("float32") for _ in range(4)]
+    results = []
+    for in_runs in (True, False):
+        v = keras.Variable(initial, name="kernel")
+        v.constraint = groups.InputUnits()
+        regularizer = kr.GroupLasso(0.05)
+        regularizer.sums_in_runs = in_runs
+        optimizer = kr.RMDA(0.1, 1.0, regularizer=regularizer)
+        optimizer.build([v])
+        step = tf.function(lambda g: optimizer.apply([g], [v]), jit_compile=True)
+        for g in gradients:
+            step(g)
+        results.append(_np(v))
+    np.testing.assert_allclose(results[0], results[1], atol=1e-6)
+    zero_rows = _zero_rows(results[0])
+    assert 0 < zero_rows.sum() < len(zero_rows)
+    np.testing.assert_array_equal(zero_rows, _zero_rows(results[1]))
