@@ -112,9 +112,9 @@ class DualAveragingOptimizer(NewPointMomentum, base.ProximalOptimizer):
         starts with it, and then W⁰ ← W (V is stored by the update).
 
         W⁰ is written every step, as a select inside the update rather than
-        a branch around the model's writes: compiled by XLA, a branch copies
-        every W⁰ it leaves unchanged, and on a GPU waits for its predicate on
-        the host; the select is one more write in the update's own kernel.
+        a branch around the model's writes: compiled by XLA (for a CPU or a
+        GPU), a branch copies every W⁰ it leaves unchanged, where the select
+        is one more write in the update's own kernel.
         """
         initial_point = ops.where(fresh, ops.convert_to_tensor(target.weights),
                                   self.read(self._initial_points, target.index))
