@@ -135,6 +135,7 @@ class RAMDA(dual_averaging.DualAveragingOptimizer):
             gradient_sum,
             squared_sum,
             target.gradient,
+            # η read once per step (the `self.learning_rate` Keras passes).
             learning_rate=ops.cast(stage.learning_rate, dtype),
             momentum=ops.cast(stage.momentum, dtype),
             step=stage.step,
