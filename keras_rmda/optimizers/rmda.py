@@ -100,9 +100,11 @@ class RMDA(dual_averaging.DualAveragingOptimizer):
         self.write_weights(target, weights)
 
     def dual_prox(self, index, step, alpha):
+        """W̃ = prox_{(α/β)·λψ}(W⁰ − V/β), β = √t, from the stored state."""
+        beta = ops.sqrt(step)
         sums = self.read(self._gradient_sums, index)
-        z = self.read(self._initial_points, index) - sums * ops.cast(1.0 / ops.sqrt(step), sums.dtype)
-        return self.prox_map(index)(z, alpha / ops.sqrt(step))
+        z = self.read(self._initial_points, index) - sums * ops.cast(1.0 / beta, sums.dtype)
+        return self.prox_map(index)(z, alpha / beta)
 
 
 def rmda_update(weights, initial_point, gradient_sum, gradient, *, learning_rate,
